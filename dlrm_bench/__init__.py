@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def load_model(
     checkpoint: str | None = None, preset: str | None = None, seed: int = 0
 ) -> DLRM:
-    """A DLRM ready for ``forward``: from a checkpoint (memory-mapped, ``weights_only``) or a preset.
+    """A DLRM ready for ``forward``, from a checkpoint (mmap, ``weights_only``) or a preset.
 
     Importing torch is deferred so ``dlrm-bench --help`` stays fast.
     """

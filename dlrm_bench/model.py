@@ -9,6 +9,7 @@ Shapes: ``B`` is the batch size, ``T`` the number of tables (26), ``D`` the embe
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from dlrm_bench.presets import ModelSpec
 
 def _mlp_layers(widths: Sequence[int], sigmoid_last: bool) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(n_in, n_out))
         last = i == len(widths) - 2
         layers.append(nn.Sigmoid() if last and sigmoid_last else nn.ReLU())
@@ -53,15 +54,15 @@ class SparseArch(nn.ModuleList):
         self, offsets: torch.Tensor | Sequence[torch.Tensor],
         indices: torch.Tensor | Sequence[torch.Tensor],
     ) -> list[torch.Tensor]:
-        """``offsets`` ``[T, B]`` (or T tensors), ``indices`` ``[T, N]`` (or T tensors of any length)."""
+        """``offsets`` ``[T, B]``, ``indices`` ``[T, N]`` (or T tensors each, for multi-hot)."""
         return [bag(indices[k], offsets[k]) for k, bag in enumerate(self)]
 
 
 class DotInteraction(nn.Module):
     """Pairwise dot products of the dense vector and the T embeddings, self-pairs excluded.
 
-    ``[B, D]`` and ``T x [B, D]`` -> ``[B, D + (T+1)T/2]``: the dense vector first, then the strictly
-    lower triangle of ``Z = X X^T`` row by row, the order of the reference implementation.
+    ``[B, D]`` and ``T x [B, D]`` -> ``[B, D + (T+1)T/2]``: the dense vector first, then the
+    strictly lower triangle of ``Z = X X^T`` row by row, the order of the reference implementation.
     """
 
     def __init__(self, num_vectors: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from dlrm_bench.errors import UserError
@@ -47,9 +48,9 @@ class ModelSpec:
 
     def mlp_macs_per_sample(self) -> int:
         """Multiply-accumulates of both MLPs for one sample (no interaction)."""
-        bottom = sum(a * b for a, b in zip(self.bottom_mlp, self.bottom_mlp[1:]))
+        bottom = sum(a * b for a, b in zip(self.bottom_mlp, self.bottom_mlp[1:], strict=False))
         top_dims = (self.interaction_width, *self.top_mlp)
-        top = sum(a * b for a, b in zip(top_dims, top_dims[1:]))
+        top = sum(a * b for a, b in itertools.pairwise(top_dims))
         return bottom + top
 
     def flops_per_sample(self) -> int:
