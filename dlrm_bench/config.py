@@ -20,7 +20,7 @@ PRECISIONS = ("avx_fp32", "avx_int8", "amx_int8", "amx_bfloat16", "amx_bfloat32"
 TRAINING_PRECISIONS = ("avx_fp32", "amx_bfloat16", "amx_bfloat32")
 DATA_TYPES = ("real", "synthetic")
 CASE_TYPES = ("", "gated", "pkm")
-BACKENDS = ("native", "ipex")
+BACKENDS = ("native",)
 SEED_CASE_PREFIX = "test_dlrm_pytorch_xeon_public_"
 
 # Gated: the quick CI validation of the seed (< 5 minutes): small model, few steps.
