@@ -1,0 +1,338 @@
+"""KPI rollup over host run directories: the seed's Key KPI block and ``results.jsonl`` samples.
+
+Layout read: a host run dir holds ``host_result.json`` (written by ``dlrm-bench launch``) and
+``instance-K/result.json``; a single ``dlrm-bench run --output DIR`` (``DIR/result.json``) counts
+as a host with one instance; any other directory is searched for host dirs below it (for example
+``results/<run-id>/<host>/``).
+
+Rules:
+- throughput is the sum over the instances that finished ok, per host and over the cluster;
+- latency percentiles (host and cluster) come from the MERGED raw per-batch latencies
+  (``metrics.latencies_ms``) of all instances, never from averaged percentiles; numpy's default
+  (linear) percentile; when an instance has no raw latencies, its percentiles are averaged in and
+  the figure is marked ``latency_source: "averaged"``;
+- AUC, accuracy and log loss are the mean over instances;
+- the Key KPI is the seed's: ``*Throughput (samples/sec)`` (throughput mode),
+  ``*Latency (ms)`` = the MEAN per-batch latency, as the seed prints it (latency mode; p50/p99 and
+  throughput follow as non-key lines), ``*Accuracy (%)`` = 100 x mean AUC (accuracy mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrm_bench.engine.metrics import latency_summary
+from dlrm_bench.errors import UserError
+from dlrm_bench.results import atomic_write_text
+
+KPI_RULE = "#" + "=" * 48
+HOST_RESULT = "host_result.json"
+INSTANCE_GLOB = "instance-*/result.json"
+# Per-instance plumbing in result.json's config: not a parameter of the benchmark.
+PER_INSTANCE_KEYS = ("output", "instance_id", "barrier_dir", "barrier_timeout", "weights_cache",
+                     "extra")
+
+
+def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The scalar benchmark parameters of a result's config (no per-instance paths)."""
+    return {k: v for k, v in config.items()
+            if k not in PER_INSTANCE_KEYS and isinstance(v, str | int | float | bool)}
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def merge_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge instances' ``result.json`` metrics into one host (or cluster) figure."""
+    merged: dict[str, Any] = {"instances": len(metrics)}
+    if not metrics:
+        return merged
+    throughputs = [m.get("throughput_samples_per_s") for m in metrics]
+    if any(t is not None for t in throughputs):
+        merged["throughput_samples_per_s"] = float(sum(t or 0.0 for t in throughputs))
+    merged["samples"] = int(sum(m.get("samples") or 0 for m in metrics))
+    raw: list[float] = []
+    averaged: list[dict[str, float]] = []
+    for m in metrics:
+        if m.get("latencies_ms"):
+            raw.extend(m["latencies_ms"])
+        elif m.get("latency_ms"):
+            averaged.append(m["latency_ms"])
+    if raw and not averaged:
+        merged["latency_ms"] = latency_summary(raw)
+        merged["latency_source"] = "merged"
+        merged["latency_count"] = len(raw)
+    elif raw or averaged:
+        parts = ([latency_summary(raw)] if raw else []) + averaged
+        keys = set.intersection(*(set(p) for p in parts))
+        merged["latency_ms"] = {k: float(np.mean([p[k] for p in parts])) for k in sorted(keys)}
+        merged["latency_source"] = "averaged"
+    for key in ("auc", "accuracy", "log_loss"):
+        value = _mean(m.get(key) for m in metrics)
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+def key_kpi(mode: str, metrics: dict[str, Any]) -> tuple[str, float | None, str]:
+    """The seed's key KPI for ``mode`` from merged metrics: (label, value, unit)."""
+    if mode == "accuracy":
+        auc = metrics.get("auc")
+        return "Accuracy", None if auc is None else 100.0 * auc, "%"
+    if mode == "latency":
+        return "Latency", metrics.get("latency_ms", {}).get("mean"), "ms"
+    return "Throughput", metrics.get("throughput_samples_per_s"), "samples/sec"
+
+
+@dataclass
+class InstanceKpi:
+    host: str
+    instance: str
+    status: str
+    cores: int | None
+    cpus: str | None
+    nodes: str | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    timestamp: float
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        metrics = {k: v for k, v in self.metrics.items() if k != "latencies_ms"}
+        return {"host": self.host, "instance": self.instance, "status": self.status,
+                "cores": self.cores, "cpus": self.cpus, "nodes": self.nodes,
+                "path": self.path, "timestamp": self.timestamp, "metrics": metrics}
+
+
+@dataclass
+class HostKpi:
+    host: str
+    path: str
+    status: str
+    instances: list[InstanceKpi]
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok_instances(self) -> list[InstanceKpi]:
+        return [i for i in self.instances if i.status == "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "path": self.path, "status": self.status,
+                "metrics": self.metrics, "notes": self.notes,
+                "instances": [i.to_dict() for i in self.instances]}
+
+
+@dataclass
+class ClusterKpi:
+    function: str
+    mode: str
+    precision: str
+    config: dict[str, Any]
+    hosts: list[HostKpi]
+    metrics: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, float | None, str]:
+        """(label, value, unit) of the seed's key KPI."""
+        return key_kpi(self.mode, self.metrics)
+
+    def kpi_lines(self) -> list[str]:
+        """The seed's list-kpi block: key line starred, other figures after a blank line."""
+        label, value, unit = self.key
+        shown = "nan" if value is None else f"{value:.3f}"
+        lines = [KPI_RULE, "#Key KPI", KPI_RULE, f"*{label} ({unit}): {shown}"]
+        extra: list[str] = []
+        lat = self.metrics.get("latency_ms", {})
+        if self.mode == "latency":
+            for key, name in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99_9", "p99.9")):
+                if key in lat:
+                    extra.append(f"Latency {name} (ms): {lat[key]:.3f}")
+        if label != "Throughput" and "throughput_samples_per_s" in self.metrics:
+            total = self.metrics["throughput_samples_per_s"]
+            extra.append(f"Throughput (samples/sec): {total:.3f}")
+        return lines + (["", *extra] if extra else [])
+
+    def kpi_block(self) -> str:
+        return "\n".join(self.kpi_lines()) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        label, value, unit = self.key
+        return {"function": self.function, "mode": self.mode, "precision": self.precision,
+                "key_kpi": {"metric": label, "value": value, "unit": unit},
+                "metrics": self.metrics, "hosts": [h.to_dict() for h in self.hosts]}
+
+    def samples(self) -> list[dict[str, Any]]:
+        """PerfKitBenchmarker-style samples for every instance, every host and the cluster."""
+        base = run_parameters(self.config)
+        out: list[dict[str, Any]] = []
+        for host in self.hosts:
+            for inst in host.instances:
+                meta = {**base, **run_parameters(inst.config), "level": "instance",
+                        "host": host.host,
+                        "instance": inst.instance, "cores": inst.cores, "cpus": inst.cpus,
+                        "nodes": inst.nodes, "status": inst.status}
+                out.extend(_metric_samples(inst.metrics, meta, inst.timestamp))
+            cores = sum(i.cores or 0 for i in host.instances) or None
+            meta = {**base, "level": "host", "host": host.host, "instance": "all",
+                    "instances": len(host.instances), "cores": cores, "status": host.status}
+            stamp = max((i.timestamp for i in host.instances), default=time.time())
+            out.extend(_metric_samples(host.metrics, meta, stamp))
+        label = self.key[0]
+        cores = sum(i.cores or 0 for h in self.hosts for i in h.instances) or None
+        meta = {**base, "level": "cluster", "host": "all", "instance": "all",
+                "hosts": len(self.hosts), "cores": cores, "key_kpi": label,
+                "instances": sum(len(h.instances) for h in self.hosts),
+                "status": "ok" if all(h.status == "ok" for h in self.hosts) else "failed"}
+        stamp = max((s["timestamp"] for s in out), default=time.time())
+        out.extend(_metric_samples(self.metrics, meta, stamp))
+        return out
+
+
+def _metric_samples(metrics: dict[str, Any], meta: dict[str, Any], stamp: float) -> list[dict]:
+    rows: list[tuple[str, Any, str]] = [
+        ("throughput", metrics.get("throughput_samples_per_s"), "samples/sec")]
+    for key, value in metrics.get("latency_ms", {}).items():
+        rows.append((f"latency_{key}", value, "ms"))
+    rows += [("auc", metrics.get("auc"), "fraction"), ("accuracy", metrics.get("accuracy"),
+             "fraction"), ("log_loss", metrics.get("log_loss"), "")]
+    return [{"metric": name, "value": float(value), "unit": unit, "timestamp": stamp,
+             "metadata": dict(meta)} for name, value, unit in rows if value is not None]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return data
+
+
+def find_host_dirs(root: Path, depth: int = 4) -> list[Path]:
+    """Host run dirs at or below ``root`` (not descending into a host dir)."""
+    if (root / HOST_RESULT).is_file() or any(root.glob(INSTANCE_GLOB)) \
+            or (root / "result.json").is_file():
+        return [root]
+    if depth == 0 or not root.is_dir():
+        return []
+    found: list[Path] = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found.extend(find_host_dirs(child, depth - 1))
+    return found
+
+
+def _timestamp(result: dict[str, Any]) -> float:
+    end = result.get("timing", {}).get("timed_end_unix")
+    return float(end) if end else time.time()
+
+
+def load_host(path: Path) -> HostKpi:
+    """One host dir -> per-instance and merged host figures."""
+    host_result = _load(path / HOST_RESULT) if (path / HOST_RESULT).is_file() else {}
+    planned = {str(i.get("id")): i for i in host_result.get("instances", [])}
+    files = sorted(path.glob(INSTANCE_GLOB), key=lambda p: _instance_order(p.parent.name))
+    if not files and (path / "result.json").is_file():
+        files = [path / "result.json"]
+    host_name = host_result.get("host")
+    instances: list[InstanceKpi] = []
+    seen: set[str] = set()
+    for file in files:
+        result = _load(file)
+        inst_id = file.parent.name.removeprefix("instance-") if file.parent != path else "0"
+        seen.add(inst_id)
+        plan = planned.get(inst_id, {})
+        host_name = host_name or result.get("host", {}).get("hostname")
+        status = result.get("status", "failed")
+        if plan.get("exit_code") not in (None, 0):
+            status = "failed"
+        config = result.get("config", {})
+        cpus = plan.get("cpus")
+        instances.append(InstanceKpi(
+            host="", instance=inst_id, status=status,
+            cores=len(cpus) if cpus else config.get("threads"),
+            cpus=plan.get("cpulist"), nodes=plan.get("nodelist"), config=config,
+            metrics=result.get("metrics", {}), timestamp=_timestamp(result), path=str(file)))
+    for inst_id, plan in planned.items():  # instances that died before writing a result
+        if inst_id not in seen:
+            cpus = plan.get("cpus")
+            instances.append(InstanceKpi(
+                host="", instance=inst_id, status="failed", cores=len(cpus) if cpus else None,
+                cpus=plan.get("cpulist"), nodes=plan.get("nodelist"), config={}, metrics={},
+                timestamp=time.time(), path=str(path / f"instance-{inst_id}")))
+    if not instances:
+        raise UserError(f"no results in {path} (expected {HOST_RESULT} or {INSTANCE_GLOB})")
+    name = host_name or path.name or socket.gethostname()
+    for inst in instances:
+        inst.host = name
+    ok = [i for i in instances if i.status == "ok"]
+    status = host_result.get("status") or ("ok" if len(ok) == len(instances) else "failed")
+    if len(ok) != len(instances):
+        status = "failed"
+    notes = [f"{len(instances) - len(ok)} of {len(instances)} instances failed"] \
+        if len(ok) != len(instances) else []
+    return HostKpi(name, str(path), status, instances, merge_metrics([i.metrics for i in ok]),
+                   notes)
+
+
+def _instance_order(name: str) -> tuple[int, str]:
+    suffix = name.removeprefix("instance-")
+    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+
+
+def rollup(dirs: Sequence[str | Path]) -> ClusterKpi:
+    """Roll up one or many host run dirs (or parents of host dirs) into cluster KPIs."""
+    host_dirs: list[Path] = []
+    for d in dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory")
+        found = find_host_dirs(path)
+        if not found:
+            raise UserError(f"no results in {path} (expected {HOST_RESULT} or {INSTANCE_GLOB})")
+        host_dirs.extend(p for p in found if p not in host_dirs)
+    hosts = [load_host(p) for p in host_dirs]
+    names = [h.host for h in hosts]
+    for h in hosts:  # loopback hosts share a hostname: tell them apart by their directory
+        if names.count(h.host) > 1:
+            h.host = f"{h.host}:{Path(h.path).name}"
+            for inst in h.instances:
+                inst.host = h.host
+    configs = [i.config for h in hosts for i in h.instances if i.config]
+    kinds = {(c.get("function"), c.get("mode"), c.get("precision")) for c in configs}
+    if len(kinds) > 1:
+        shown = ", ".join(sorted("_".join(map(str, k)) for k in kinds))
+        raise UserError(f"cannot roll up runs of different kinds together: {shown}")
+    config = configs[0] if configs else {}
+    ok_metrics = [i.metrics for h in hosts for i in h.ok_instances]
+    return ClusterKpi(
+        function=str(config.get("function", "inference")),
+        mode=str(config.get("mode", "throughput")),
+        precision=str(config.get("precision", "")),
+        config=run_parameters(config),
+        hosts=hosts, metrics=merge_metrics(ok_metrics))
+
+
+def default_jsonl_path(dirs: Sequence[str | Path]) -> Path:
+    """``results.jsonl`` next to the dirs: in the one dir given, or in their common parent."""
+    paths = [Path(d).resolve() for d in dirs]
+    if len(paths) == 1:
+        return paths[0] / "results.jsonl"
+    return Path(os.path.commonpath([str(p) for p in paths])) / "results.jsonl"
+
+
+def write_jsonl(path: str | Path, samples: Sequence[dict[str, Any]]) -> Path:
+    text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
+    return atomic_write_text(path, text)
