@@ -1,0 +1,45 @@
+"""Helpers for tests that run ``dlrm-bench`` as a subprocess (the ISA env is per process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION", "MODE", "PRECISION", "BATCH_SIZE", "STEPS", "WARMUP_STEPS",
+                        "DATA_TYPE", "CASE_TYPE", "ONEDNN_VERBOSE", "DLRM_BENCH_CPU_FLAGS")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def dlrm(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dlrm_bench", *args], capture_output=True,
+                          text=True, env=cli_env(**env), timeout=timeout, cwd=REPO)
+
+
+def run_ok(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    proc = dlrm(*args, **env)
+    detail = f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{detail}"
+    return proc
+
+
+def result_of(output: Path) -> dict[str, Any]:
+    return json.loads((output / "result.json").read_text())
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("dlrm-bench: error: ")
+    assert text in lines[0], lines[0]
