@@ -3,11 +3,14 @@
 Plan: instances never share a physical core (SMT siblings stay idle); each is bound to its cores
 and its node's memory (``numactl --physcpubind --membind``, else ``sched_setaffinity``), runs with
 OMP_NUM_THREADS = its cores and the seed's KMP settings, with jemalloc (seed MALLOC_CONF) or
-tcmalloc preloaded when the host has one. Run: every instance waits at a file barrier
-(``<run_dir>/.barrier``) until all are ready; an instance dying before that stops the others. Each
-instance runs in its own process group with a parent-death signal, and the launcher kills and reaps
-every group on exit, error, SIGINT/SIGTERM/SIGHUP. Results: ``<run_dir>/host_result.json``
-(atomic) and ``<run_dir>/combined.log`` (every instance's ``run.log``, for the seed's kpi.sh).
+tcmalloc preloaded when the host has one. Run (``dlrm_bench.supervisor``): every instance waits
+at a file barrier (``<run_dir>/.barrier``) until all are ready; an instance dying before that
+stops the others; no instance outlives the launcher. Results: ``<run_dir>/host_result.json``
+(atomic; written with status "running" first) and ``<run_dir>/combined.log`` (every instance's
+``run.log``, for the seed's kpi.sh).
+
+Python use: ``plan_layout`` -> ``build_plan`` -> ``execute(plan) -> (exit code, host result)``, or
+``dlrm_bench.commands.launch.launch(argv)`` with the CLI's arguments.
 """
 
 from __future__ import annotations

@@ -194,6 +194,8 @@ class Supervisor:
                     for st in self.states:
                         st.state = "running" if st.state == "ready" else st.state
                     self.progress.event(f"all {len(self.states)} instances ready: go")
+            if all(done) and self.phase == "running":
+                self.phase = "done"
             self.progress.update(self.states, self.phase, time.monotonic() - start)
             if all(done):
                 return

@@ -183,6 +183,19 @@ class LiveProgress(Progress):
         self.live.update(table, refresh=True)
 
 
+def launch(argv: Sequence[str], progress: Progress | None = None) -> tuple[int, dict[str, Any]]:
+    """Python entry: ``launch(["--instances", "2", "--preset", "tiny", ...])`` -> (exit code,
+    host result); the same arguments as the CLI (launcher flags plus forwarded run flags)."""
+    parser = argparse.ArgumentParser(prog="dlrm-bench", allow_abbrev=False)
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["launch", *argv])
+    plan = make_plan(args)
+    if args.dry_run:
+        return 0, {"status": "planned", "run_dir": str(plan.run_dir),
+                   "instances": [ip.to_dict() for ip in plan.instances]}
+    return launcher.execute(plan, progress)
+
+
 def main(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     if args.dry_run:
