@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dlrm_bench import launcher, topology
+from dlrm_bench import config, launcher, topology
 from dlrm_bench.cli import build_parser
 from dlrm_bench.commands import launch as launch_cmd
 from dlrm_bench.errors import UserError
@@ -91,8 +91,8 @@ def test_oversubscription_is_refused() -> None:
 def two_core_host(monkeypatch: pytest.MonkeyPatch) -> Topology:
     topo = fake_topology(sockets=1, nodes_per_socket=1, cores_per_node=2, smt=1)
     monkeypatch.setattr(topology, "detect", lambda *a, **k: topo)
-    for name in ("CORES_PER_INSTANCE", "INSTANCE_NUMBER", "WEIGHT_SHARING", "FUNCTION", "MODE",
-                 "CASE"):
+    for name in ("CORES_PER_INSTANCE", "INSTANCE_NUMBER", "WEIGHT_SHARING", "CASE",
+                 *config.ENV_NAMES.values()):
         monkeypatch.delenv(name, raising=False)
     return topo
 
@@ -103,13 +103,13 @@ def parse(*argv: str) -> Any:
 
 def test_unknown_flags_are_forwarded_to_run_in_order(two_core_host: Topology,
                                                      tmp_path: Path) -> None:
-    args = parse("--preset", "tiny", "--instances", "2", "--steps=5", "--seed", "-1",
+    args = parse("--preset", "tiny", "--instances", "2", "--steps=5", "--seed", "7",
                  "--output", str(tmp_path), "--cores-per-instance", "1")
-    assert args.run_args == ["--preset", "tiny", "--steps=5", "--seed", "-1"]
+    assert args.run_args == ["--preset", "tiny", "--steps=5", "--seed", "7"]
     plan = launch_cmd.make_plan(args)
     cmd = plan.instances[1].command
     i = cmd.index("run")
-    assert cmd[i + 1:i + 6] == ["--preset", "tiny", "--steps=5", "--seed", "-1"]
+    assert cmd[i + 1:i + 6] == ["--preset", "tiny", "--steps=5", "--seed", "7"]
     assert cmd[cmd.index("--threads") + 1] == "1" and cmd[cmd.index("--instance-id") + 1] == "1"
     assert cmd[cmd.index("--output") + 1] == str(tmp_path / "instance-1")
     assert cmd[cmd.index("--barrier-dir") + 1] == str(tmp_path / ".barrier")
@@ -117,6 +117,11 @@ def test_unknown_flags_are_forwarded_to_run_in_order(two_core_host: Topology,
     assert plan.instances[1].env["KMP_AFFINITY"] == "granularity=fine,compact,1,0"
     with pytest.raises(UserError, match="--instance-id is set by the launcher"):
         launch_cmd.make_plan(parse("--instance-id", "3"))
+    # Forwarded flags are checked as `run` would, once, before any instance starts.
+    with pytest.raises(UserError, match="precision 'bogus' is not one of"):
+        launch_cmd.make_plan(parse("--precision", "bogus"))
+    with pytest.raises(UserError, match="unrecognized arguments: --bogus 3"):
+        launch_cmd.make_plan(parse("--bogus", "3"))
 
 
 def test_seed_env_vars_and_weight_sharing(two_core_host: Topology, tmp_path: Path,
@@ -136,6 +141,7 @@ def test_seed_env_vars_and_weight_sharing(two_core_host: Topology, tmp_path: Pat
     assert len(plan.instances) == 1 and not plan.weight_sharing
     assert "--weights-cache" not in plan.instances[0].command
     monkeypatch.delenv("WEIGHT_SHARING")
+    monkeypatch.delenv("MODE")
     plan = launch_cmd.make_plan(parse("--case", "training_throughput_avx_fp32"))
     assert plan.function == "training" and not plan.weight_sharing
     with pytest.raises(UserError, match="cannot share them"):
@@ -338,6 +344,7 @@ def test_two_pinned_instances_run_together_and_kpi_sums_them(tmp_path: Path) -> 
     wait_for(run / ".barrier" / "ready.0", proc)
     allowed = [status_field(pid, "Cpus_allowed_list") for pid in pids(run)]
     maps = Path(f"/proc/{pids(run)[0]}/maps").read_text()
+    numa_maps = Path(f"/proc/{pids(run)[1]}/numa_maps").read_text()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert sorted(allowed) == sorted(str(c) for c in TWO_CPUS)  # one distinct core each
@@ -346,6 +353,8 @@ def test_two_pinned_instances_run_together_and_kpi_sums_them(tmp_path: Path) -> 
     assert host["status"] == "ok" and host["layout"]["instances"] == 2
     if host["allocator"]["name"] == "jemalloc":
         assert "libjemalloc" in maps
+    if host["pinning"]["method"] == "numactl":  # memory bound to the instance's node
+        assert f"bind:{host['instances'][1]['nodelist']}" in numa_maps
     windows = [(i["timing"]["timed_start_unix"], i["timing"]["timed_end_unix"])
                for i in host["instances"]]
     assert max(s for s, _ in windows) < min(e for _, e in windows), windows  # overlap

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlrm_bench import launcher, topology
-from dlrm_bench.config import FUNCTIONS, MODES, parse_bool, parse_case
+from dlrm_bench import config, launcher, topology
+from dlrm_bench.config import parse_bool
 from dlrm_bench.errors import UserError
 from dlrm_bench.supervisor import InstanceStatus, Progress
 
@@ -79,22 +79,22 @@ def _env_int(name: str) -> int | None:
         raise UserError(f"{name} must be an integer, got {value!r}") from None
 
 
-def function_and_mode(run_args: Sequence[str]) -> tuple[str, str]:
-    """What the instances will run, as ``run`` resolves it: flag, then case name, then env."""
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--function", "--mode", "--case"):
-        peek.add_argument(flag)
-    given, _ = peek.parse_known_args(list(run_args))
-    case = given.case or os.environ.get("CASE") or None
-    from_case = parse_case(case) if case else {}
-    function = given.function or from_case.get("function") or os.environ.get("FUNCTION") \
-        or "inference"
-    mode = given.mode or from_case.get("mode") or os.environ.get("MODE") or "throughput"
-    function, mode = function.lower(), mode.lower()
-    if function not in FUNCTIONS or mode not in MODES:
-        raise UserError(f"function {function!r} / mode {mode!r}: expected one of "
-                        f"{', '.join(FUNCTIONS)} / {', '.join(MODES)}")
-    return function, mode
+def run_config(run_args: Sequence[str]) -> config.RunConfig:
+    """The forwarded arguments resolved exactly as each ``run`` will (flag, case, seed env var),
+    so a bad value fails here in one line instead of in every instance."""
+    from dlrm_bench.commands.run import add_run_arguments, flags_of
+
+    parser = argparse.ArgumentParser(prog="dlrm-bench run", add_help=False, allow_abbrev=False,
+                                     exit_on_error=False)
+    add_run_arguments(parser)
+    try:
+        ns, unknown = parser.parse_known_args(list(run_args))
+    except argparse.ArgumentError as exc:
+        raise UserError(f"run {exc}") from None
+    if unknown:
+        raise UserError(f"unrecognized arguments: {' '.join(unknown)} (neither a launch nor a "
+                        "run flag; see `dlrm-bench launch --help` and `dlrm-bench run --help`)")
+    return config.resolve(flags_of(ns))
 
 
 def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
@@ -102,7 +102,8 @@ def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
     for flag in RESERVED:
         if any(a == flag or a.startswith(flag + "=") for a in run_args):
             raise UserError(f"{flag} is set by the launcher for each instance; do not pass it")
-    function, mode = function_and_mode(run_args)
+    cfg = run_config(run_args)
+    function, mode = cfg.function, cfg.mode
     cpi = args.cores_per_instance if args.cores_per_instance is not None \
         else _env_int("CORES_PER_INSTANCE")
     count = args.instances if args.instances is not None else _env_int("INSTANCE_NUMBER")
