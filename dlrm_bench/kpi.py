@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dlrm_bench.engine.metrics import latency_summary
 from dlrm_bench.errors import UserError
 from dlrm_bench.results import atomic_write_text
 
@@ -55,6 +52,10 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def merge_metrics(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Merge instances' ``result.json`` metrics into one host (or cluster) figure."""
+    import numpy as np  # here, not at import: the launcher forks its instances numpy-free
+
+    from dlrm_bench.engine.metrics import latency_summary
+
     merged: dict[str, Any] = {"instances": len(metrics)}
     if not metrics:
         return merged

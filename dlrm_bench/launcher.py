@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlrm_bench import kpi
 from dlrm_bench.errors import UserError
 from dlrm_bench.results import atomic_write_json, atomic_write_text, now_iso
 from dlrm_bench.supervisor import Progress, Supervisor, describe_exit
@@ -246,7 +245,7 @@ def host_result(plan: LaunchPlan, sup: Supervisor | None, started: str) -> dict[
         result = _read_result(ip.output_dir / "result.json")
         entry["result"] = str(ip.output_dir / "result.json") if result else None
         if result is not None:
-            config = config or kpi.run_parameters(result.get("config", {}))
+            config = config or result.get("config", {})
             entry["timing"] = result.get("timing")
             if result.get("status") == "ok" and st is not None and st.returncode == 0:
                 metrics = result.get("metrics", {})
@@ -254,6 +253,12 @@ def host_result(plan: LaunchPlan, sup: Supervisor | None, started: str) -> dict[
                 entry["metrics"] = {k2: v for k2, v in metrics.items() if k2 != "latencies_ms"}
         instances.append(entry)
     finished = sup is not None and all(st.returncode is not None for st in sup.states)
+    if sup is None:  # before the instances start: no numpy in the launcher while it forks
+        return {"schema_version": 1, "kind": "host_result", "status": "running",
+                "host": plan.host, "run_dir": str(plan.run_dir), "started": started,
+                "instances": instances, "topology": plan.topology.to_dict()}
+    from dlrm_bench import kpi
+
     ok = finished and sup is not None and not sup.failures \
         and len(ok_metrics) == len(plan.instances)
     merged = kpi.merge_metrics(ok_metrics)
@@ -272,7 +277,7 @@ def host_result(plan: LaunchPlan, sup: Supervisor | None, started: str) -> dict[
                       "env": plan.allocator.env},
         "topology": plan.topology.to_dict(),
         "failures": list(sup.failures) if sup else [],
-        "instances": instances, "config": config, "metrics": merged,
+        "instances": instances, "config": kpi.run_parameters(config), "metrics": merged,
         "kpi": {"metric": label, "value": value, "unit": unit},
     }
 

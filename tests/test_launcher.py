@@ -175,6 +175,15 @@ def test_allocator_and_pinning_detection(monkeypatch: pytest.MonkeyPatch) -> Non
         launcher.choose_pinning("numactl", launcher.Slot((0,), (0,)))
 
 
+def test_launcher_forks_without_threads_or_numpy_loaded() -> None:
+    # preexec_fn runs between fork and exec: the launcher must not hold threads (OpenBLAS...).
+    code = ("import sys, threading; from dlrm_bench.cli import build_parser; build_parser(); "
+            "import dlrm_bench.launcher; print('numpy' in sys.modules, threading.active_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "1"]
+
+
 # -- supervision with a stand-in for `dlrm-bench run` (no torch: fast) ----------------------------
 
 FAKE_RUN = textwrap.dedent("""
