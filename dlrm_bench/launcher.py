@@ -253,17 +253,9 @@ def host_result(plan: LaunchPlan, sup: Supervisor | None, started: str) -> dict[
                 entry["metrics"] = {k2: v for k2, v in metrics.items() if k2 != "latencies_ms"}
         instances.append(entry)
     finished = sup is not None and all(st.returncode is not None for st in sup.states)
-    if sup is None:  # before the instances start: no numpy in the launcher while it forks
-        return {"schema_version": 1, "kind": "host_result", "status": "running",
-                "host": plan.host, "run_dir": str(plan.run_dir), "started": started,
-                "instances": instances, "topology": plan.topology.to_dict()}
-    from dlrm_bench import kpi
-
     ok = finished and sup is not None and not sup.failures \
         and len(ok_metrics) == len(plan.instances)
-    merged = kpi.merge_metrics(ok_metrics)
-    label, value, unit = kpi.key_kpi(plan.mode, merged)
-    return {
+    doc: dict[str, Any] = {
         "schema_version": 1, "kind": "host_result",
         "status": "running" if not finished else ("ok" if ok else "failed"),
         "host": plan.host, "run_dir": str(plan.run_dir), "started": started,
@@ -277,9 +269,17 @@ def host_result(plan: LaunchPlan, sup: Supervisor | None, started: str) -> dict[
                       "env": plan.allocator.env},
         "topology": plan.topology.to_dict(),
         "failures": list(sup.failures) if sup else [],
-        "instances": instances, "config": kpi.run_parameters(config), "metrics": merged,
-        "kpi": {"metric": label, "value": value, "unit": unit},
+        "instances": instances,
     }
+    if sup is None:  # before the instances start: no numpy in the launcher while it forks
+        return doc
+    from dlrm_bench import kpi
+
+    merged = kpi.merge_metrics(ok_metrics)
+    label, value, unit = kpi.key_kpi(plan.mode, merged)
+    doc.update(config=kpi.run_parameters(config), metrics=merged,
+               kpi={"metric": label, "value": value, "unit": unit})
+    return doc
 
 
 def write_combined_log(plan: LaunchPlan) -> Path:

@@ -115,7 +115,7 @@ class Supervisor:
             self._monitor()
         finally:
             self._interrupted()
-            self._stop_all(grace=0.0 if self.signum == signal.SIGKILL else STOP_GRACE_S)
+            self._stop_all()
             for s, handler in previous.items():
                 signal.signal(s, handler)
             for handle in self._logs:
@@ -145,12 +145,13 @@ class Supervisor:
                                 f"{format_cpulist(p.slot.cpus)} node(s) "
                                 f"{','.join(map(str, p.slot.nodes))}")
 
-    def _reap(self, st: InstanceStatus) -> bool:
+    def _reap(self, st: InstanceStatus, block: bool = False) -> bool:
         """Has the instance exited? Kills its leftover group members before reaping the leader."""
         if st.proc is None or st.returncode is not None:
             return st.returncode is not None
         try:
-            info = os.waitid(os.P_PID, st.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            options = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+            info = os.waitid(os.P_PID, st.proc.pid, options)
         except ChildProcessError:
             info = True
         if info is None:
@@ -206,7 +207,9 @@ class Supervisor:
             if st.proc is not None and st.returncode is None:
                 _killpg(st.proc.pid, sig)
 
-    def _stop_all(self, grace: float = STOP_GRACE_S) -> None:
+    def _stop_all(self, grace: float | None = None) -> None:
+        """SIGTERM every running group, SIGKILL what is left after ``grace`` s, reap all."""
+        grace = STOP_GRACE_S if grace is None else grace
         for st in self.states:
             if st.proc is not None and st.returncode is None and st.state != "stopped":
                 st.state = "stopped"
@@ -216,7 +219,7 @@ class Supervisor:
             time.sleep(POLL_S)
         self._kill_all(signal.SIGKILL)
         for st in self.states:
-            self._reap(st)
+            self._reap(st, block=True)
 
 
 def _killpg(pgid: int, sig: int) -> None:

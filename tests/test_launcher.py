@@ -197,6 +197,9 @@ FAKE_RUN = textwrap.dedent("""
     if os.environ.get("FAKE_GRANDCHILD"):
         child = subprocess.Popen(["sleep", "1000"])
         (out / "grandchild.pid").write_text(str(child.pid))
+    if os.environ.get("FAKE_IGNORE_TERM"):
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("preparing", flush=True)
     if os.environ.get("FAKE_EXIT"):
         print("fake failure before ready", flush=True)
@@ -261,15 +264,22 @@ def test_barrier_success_and_grandchildren_are_reaped(tmp_path: Path) -> None:
     assert not plan.barrier_dir.exists()
 
 
-def test_death_before_the_barrier_stops_the_others(tmp_path: Path) -> None:
-    plan = fake_plan(tmp_path, env=[{}, {"FAKE_EXIT": "3"}])
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["SIGTERM", "SIGKILL-after-grace"])
+def test_death_before_the_barrier_stops_the_others(tmp_path: Path, ignore_term: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlrm_bench import supervisor
+
+    monkeypatch.setattr(supervisor, "STOP_GRACE_S", 0.5)
+    waiting = {"FAKE_IGNORE_TERM": "1"} if ignore_term else {}
+    plan = fake_plan(tmp_path, env=[waiting, {"FAKE_EXIT": "3"}])
     progress = Quiet()
     code, result = launcher.execute(plan, progress)
     assert code == 1 and result["status"] == "failed"
     first, second = result["instances"]
     assert second["exit_code"] == 3 and second["state"] == "failed"
     assert "fake failure before ready" in "\n".join(second["log_tail"])
-    assert first["state"] == "stopped" and first["exit_code"] == -signal.SIGTERM
+    stopped_by = signal.SIGKILL if ignore_term else signal.SIGTERM
+    assert first["state"] == "stopped" and first["exit_code"] == -stopped_by
     assert not alive(first["pid"]) and not alive(second["pid"])
     assert any("exit status 3" in e and "fake failure before ready" in e
                for e in progress.events)
