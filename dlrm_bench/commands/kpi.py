@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -60,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_table:
         from rich.console import Console
 
-        console = Console(width=None if sys.stdout.isatty() else 120)
+        wide = sys.stdout.isatty() or os.environ.get("COLUMNS")  # rich reads COLUMNS itself
+        console = Console(width=None if wide else 120)
         console.print()
         console.print(render_table(cluster))
     for host in cluster.hosts:
