@@ -16,6 +16,8 @@ from dlrm_bench import __version__
 from dlrm_bench.errors import UserError
 
 SCHEMA_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -27,6 +29,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes 0600 files; results are meant to be read by others (collection, reports).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
