@@ -2,4 +2,6 @@ import sys
 
 from dlrm_bench.cli import main
 
-sys.exit(main())
+# Guarded so multiprocessing's spawn start method can import this module safely.
+if __name__ == "__main__":
+    sys.exit(main())
