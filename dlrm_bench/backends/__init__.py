@@ -1,0 +1,1 @@
+"""Inference backends. ``native``: stock PyTorch (oneDNN / MKL), every precision, no compile."""

@@ -1,0 +1,276 @@
+"""The native backend: stock-PyTorch inference for every precision, no IPEX, no compile.
+
+``prepare(model, precision)`` turns a fp32 ``DLRM`` into a ``PreparedModel``, a callable
+``(dense [B, 13] f32, offsets [T, B] i64, indices [T, B] i64) -> probabilities [B, 1] f32``:
+
+============== =========== ===================== =============================================
+precision      tables      MLP weights           GEMMs
+============== =========== ===================== =============================================
+avx_fp32       fp32 (as    fp32                  MKL sgemm (F.linear); ISA capped below AMX
+               given)
+amx_bfloat32   fp32 (as    fp32, oneDNN-packed   oneDNN, fp32 math mode bf16 (AMX), per call
+               given)
+amx_bfloat16   bf16        bf16, oneDNN-packed   oneDNN bf16 (AMX), ReLU/sigmoid fused
+avx_int8,      int8 rows   int8 per channel      oneDNN u8 x s8 (AMX or AVX512-VNNI by the ISA
+amx_int8                                         cap), requantize + ReLU fused
+============== =========== ===================== =============================================
+
+The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
+(``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
+
+``save_prepared`` / ``load_prepared`` write and map the prepared tensors (tables in their final
+dtype, MLP weights, calibration) in one ``torch.save`` file: loading with ``mmap=True`` maps the
+tables from the page cache without copying them, so instances on a host share one copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrm_bench.backends import native_int8 as q8
+from dlrm_bench.backends.native_int8 import BatchLike
+from dlrm_bench.backends.native_ops import DenseLinear, EmbeddingTables, Interaction, fuse_tables
+from dlrm_bench.cpu import check_supported, isa_mismatches
+from dlrm_bench.errors import UserError
+from dlrm_bench.model import DLRM
+from dlrm_bench.presets import ModelSpec
+
+PREPARED_FORMAT = "dlrm-bench-prepared"
+PREPARED_VERSION = 1
+
+# Per precision: table kind; ``dtype``, that of the float activations (for int8: the bottom MLP's
+# output and the interaction); ``packed``, oneDNN-prepacked float linears (else F.linear = MKL);
+# ``chunk``, the most rows run through the network at once (bigger batches go in chunks so that
+# the [rows, 1024] activations stay in the 2 MB L2). Choices measured at terabyte-small, see
+# docs in the final report of the precision work:
+# - avx_fp32: MKL sgemm and oneDNN prepacked fp32 within 3% (MKL slightly ahead); MKL kept.
+# - amx_int8 interaction in bf16 (AMX bmm): 1.55x the int8 throughput of an fp32 interaction
+#   (MKL sgemm on 26x128 matrices is slow). avx_int8 stays fp32: without AMX / AVX512-BF16 in
+#   the ISA cap oneDNN emulates bf16 and the bmm is 10x slower.
+PLANS: dict[str, dict[str, Any]] = {
+    "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": False, "chunk": 2048},
+    "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024},
+    "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024},
+    "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024},
+    "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 1024},
+}
+PACK_BATCH_HINT = 1024
+
+
+def _linears(arch: nn.Sequential) -> list[nn.Linear]:
+    return [layer for layer in arch if isinstance(layer, nn.Linear)]
+
+
+@contextlib.contextmanager
+def _fp32_matmul_precision(mode: str | None) -> Iterator[None]:
+    """Scope oneDNN's process-global fp32 math mode (``bf16`` = bf32 on AMX) to one call."""
+    if mode is None:
+        yield
+        return
+    settings = torch.backends.mkldnn.matmul
+    previous = settings.fp32_precision
+    settings.fp32_precision = mode
+    try:
+        yield
+    finally:
+        settings.fp32_precision = previous
+
+
+class PreparedModel:
+    """A DLRM ready for fast inference in one precision (see the module docstring).
+
+    ``state`` holds every tensor needed (what ``save_prepared`` writes): ``tables`` (list of
+    tensors), ``bottom`` / ``top`` (per linear: ``weight``, ``bias`` for floats; ``weight_q``,
+    ``w_scales``, ``bias`` for int8) and, for int8, ``calibration`` (the JSON dict).
+    """
+
+    def __init__(self, precision: str, spec: ModelSpec, state: dict[str, Any]) -> None:
+        self.precision, self.spec, self.state = precision, spec, state
+        plan = PLANS[precision]
+        self.chunk = int(plan["chunk"])
+        self.dtype: torch.dtype = plan["dtype"]
+        self.math_mode = "bf16" if precision == "amx_bfloat32" else None
+        self.tables = EmbeddingTables(plan["tables"], state["tables"], spec.table_sizes)
+        self.interaction = Interaction(spec.num_tables)
+        self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
+        self.top_in: Callable[[torch.Tensor], torch.Tensor]
+        self.finish: Callable[[torch.Tensor], torch.Tensor]
+        with _fp32_matmul_precision(self.math_mode):
+            if plan["tables"] == "int8":
+                self._build_int8()
+            else:
+                self._build_float(bool(plan["packed"]))
+
+    def _build_float(self, packed: bool) -> None:
+        def build(layers: list[dict[str, torch.Tensor]], last: str) -> list[DenseLinear]:
+            return [DenseLinear(layer["weight"], layer["bias"],
+                                last if i == len(layers) - 1 else "relu", packed, PACK_BATCH_HINT)
+                    for i, layer in enumerate(layers)]
+
+        self.bottom = build(self.state["bottom"], "relu")
+        self.top = build(self.state["top"], "sigmoid")
+        dtype = self.dtype
+        self.bottom_in = lambda dense: dense.to(dtype)
+        self.top_in = lambda z: z
+        self.finish = lambda out: out.float()
+
+    def _build_int8(self) -> None:
+        calibration = self.state["calibration"]
+        n_bottom = len(self.state["bottom"])
+        names = [f"bot_l.{2 * i}" for i in range(n_bottom)]
+        names += [f"top_l.{2 * i}" for i in range(len(self.state["top"]))]
+        qp = q8.layer_qparams(calibration, names)
+        self.bottom = q8.build_qmlp(self.state["bottom"], qp[:n_bottom], self.dtype,
+                                    final_relu=True, batch_hint=PACK_BATCH_HINT)
+        self.top = q8.build_qmlp(self.state["top"], qp[n_bottom:], torch.float32,
+                                 final_relu=False, batch_hint=PACK_BATCH_HINT)
+        self.bottom_in = q8.QuantizeInput(*qp[0])
+        self.top_in = q8.QuantizeInput(*qp[n_bottom])
+        self.finish = torch.sigmoid
+
+    def _forward(
+        self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
+    ) -> torch.Tensor:
+        x = self.bottom_in(dense)
+        for layer in self.bottom:
+            x = layer(x)
+        z = self.interaction(x, self.tables.lookup(offsets, indices, one_hot))
+        z = self.top_in(z)
+        for layer in self.top:
+            z = layer(z)
+        return self.finish(z)
+
+    @torch.inference_mode()
+    def __call__(
+        self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
+        batch = dense.shape[0]
+        one_hot = self.tables.one_hot(offsets, indices)
+        with _fp32_matmul_precision(self.math_mode):
+            if batch <= self.chunk or not one_hot:
+                return self._forward(dense, offsets, indices, one_hot)
+            outs = []
+            for lo in range(0, batch, self.chunk):
+                hi = min(batch, lo + self.chunk)
+                chunk_offsets = self.tables.arange(hi - lo).expand(offsets.shape[0], -1)
+                outs.append(self._forward(dense[lo:hi], chunk_offsets, indices[:, lo:hi], True))
+            return torch.cat(outs)
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.state.get("calibration")
+
+    def table_tensors(self) -> list[torch.Tensor]:
+        return list(self.state["tables"])
+
+
+def _float_state(model: DLRM, dtype: torch.dtype, table_kind: str) -> dict[str, Any]:
+    def layers(arch: nn.Sequential) -> list[dict[str, torch.Tensor]]:
+        return [{"weight": lin.weight.detach().to(dtype).contiguous(),
+                 "bias": lin.bias.detach().to(dtype).contiguous()} for lin in _linears(arch)]
+
+    tables = [bag.weight.detach() for bag in model.emb_l]
+    if table_kind != "fp32":
+        tables = [fuse_tables(tables, table_kind)]
+    return {"tables": tables, "bottom": layers(model.bot_l), "top": layers(model.top_l)}
+
+
+def _int8_state(model: DLRM, calibration: dict[str, Any]) -> dict[str, Any]:
+    def layers(arch: nn.Sequential) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for lin in _linears(arch):
+            weight_q, w_scales = q8.quantize_weight(lin.weight)
+            out.append({"weight_q": weight_q, "w_scales": w_scales,
+                        "bias": lin.bias.detach().float().contiguous()})
+        return out
+
+    tables = [fuse_tables([bag.weight.detach() for bag in model.emb_l], "int8")]
+    return {"tables": tables, "bottom": layers(model.bot_l), "top": layers(model.top_l),
+            "calibration": calibration}
+
+
+def _int8_calibration(
+    model: DLRM, calibration: Iterable[BatchLike] | None, calibration_file: Path | None
+) -> dict[str, Any]:
+    if calibration_file is not None and Path(calibration_file).exists():
+        return q8.load_calibration(Path(calibration_file), model)
+    if calibration is None:
+        raise UserError("int8 needs calibration batches or an existing calibration file")
+    result = q8.calibrate(model, calibration)
+    if calibration_file is not None:
+        q8.save_calibration(result, Path(calibration_file))
+    return result
+
+
+def _warn_isa(precision: str) -> None:
+    wrong = isa_mismatches(precision)
+    if wrong:
+        warnings.warn(
+            f"the environment does not set {precision}'s ISA "
+            f"({', '.join(f'{k}={v}' for k, v in wrong.items())}); oneDNN/MKL may "
+            f"{'use' if precision.startswith('avx_') else 'not use'} AMX. Set it before torch "
+            "is imported (dlrm_bench.cpu.apply_isa_environment)", RuntimeWarning, stacklevel=3)
+
+
+def prepare(
+    model: DLRM, precision: str, calibration: Iterable[BatchLike] | None = None,
+    calibration_file: Path | None = None,
+) -> PreparedModel:
+    """A ``PreparedModel`` of the fp32 ``model`` in ``precision``.
+
+    int8: the calibration is read from ``calibration_file`` when that file exists (so instances
+    and hosts share one), otherwise measured on the (finite) ``calibration`` batches and written
+    there. fp32 tables are used in place (no copy); bf16 / int8 tables are converted once.
+    """
+    check_supported(precision, "inference")
+    _warn_isa(precision)
+    model = model.eval()
+    plan = PLANS[precision]
+    with torch.inference_mode():
+        if plan["tables"] == "int8":
+            calib = _int8_calibration(model, calibration, calibration_file)
+            state = _int8_state(model, calib)
+        else:
+            state = _float_state(model, plan["dtype"], plan["tables"])
+    return PreparedModel(precision, model.spec, state)
+
+
+def save_prepared(prepared: PreparedModel, path: Path) -> None:
+    """Write ``prepared``'s tensors to ``path`` (one ``torch.save`` file, tmp + atomic rename)."""
+    path = Path(path)
+    payload = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION,
+               "precision": prepared.precision, "model": q8.model_identity(prepared.spec),
+               "state": prepared.state}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_prepared(path: Path, mmap: bool = True) -> PreparedModel:
+    """Load a ``save_prepared`` file; with ``mmap`` the tables stay file-backed (shared pages)."""
+    try:
+        payload = torch.load(Path(path), mmap=mmap, weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"cannot load prepared weights {path}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != PREPARED_FORMAT:
+        raise UserError(f"{path} is not a dlrm-bench prepared-weights file")
+    if payload.get("version") != PREPARED_VERSION:
+        raise UserError(f"prepared-weights file {path} has version {payload.get('version')}; "
+                        f"this dlrm-bench reads version {PREPARED_VERSION}")
+    ident = payload["model"]
+    spec = ModelSpec(tuple(ident["table_sizes"]), ident["embedding_dim"],
+                     tuple(ident["bottom_mlp"]), tuple(ident["top_mlp"]))
+    check_supported(payload["precision"], "inference")
+    return PreparedModel(payload["precision"], spec, payload["state"])
