@@ -202,9 +202,19 @@ class BenchmarkHandle:
 def _base_settings(inventory: Any, playbook_dir: Path, envvars: dict[str, str] | None,
                    quiet: bool) -> dict[str, Any]:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {"PATH": path, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **(envvars or {})}
+    env = {"PATH": path, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    if (playbook_dir / "ansible.cfg").is_file() and "ANSIBLE_CONFIG" not in os.environ:
+        env["ANSIBLE_CONFIG"] = str(playbook_dir / "ansible.cfg")  # also from a world-writable dir
+    env.update(envvars or {})
     return {"project_dir": str(playbook_dir), "inventory": inventory, "envvars": env,
             "quiet": quiet, "settings": {"pexpect_timeout": 0.5}}
+
+
+def _require_runner() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ansible_runner") is None:
+        raise UserError("ansible-runner is not installed: pip install 'dlrm-bench[orchestrate]'")
 
 
 def _run_playbook(playbook: str, base: dict[str, Any], extravars: dict[str, Any],
@@ -278,7 +288,15 @@ def run_benchmark(inventory: str | os.PathLike[str] | dict[str, Any] | None = No
     polled about twice a second; True stops the run (then, with ``restore_on_cancel``, this run's
     processes are stopped and the hosts restored). ``timeout``: seconds for the whole playbook.
     ``keep``: keep ansible-runner's private data dir (artifacts, events) and report it.
+
+    Example::
+
+        result = run_benchmark(inventory="inventory/localhost.yml", precision="avx_fp32",
+                               preset="tiny", steps=20)
+        result.raise_for_status()
+        print(result.cluster.kpi_block())   # the seed's Key KPI block, summed over the hosts
     """
+    _require_runner()
     pdir = find_playbook_dir(playbook_dir)
     inv = resolve_inventory(inventory, pdir)
     run_id = run_id or new_run_id()
@@ -331,6 +349,7 @@ def run_benchmark_async(inventory: str | os.PathLike[str] | dict[str, Any] | Non
     per-host states; ``handle.cancel()`` stops the playbook; ``handle.wait()`` returns the
     ``BenchmarkResult`` (status "canceled" after a cancel). Arguments: as ``run_benchmark``.
     """
+    _require_runner()
     handle = BenchmarkHandle()
     pdir = find_playbook_dir(kwargs.get("playbook_dir"))  # bad input fails here, not later
     resolve_inventory(inventory, pdir)

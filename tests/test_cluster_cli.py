@@ -172,3 +172,31 @@ def test_real_cluster_run_in_a_pty(tmp_path: Path) -> None:
     run = Path(evars["results_dir"]) / "pty-run"
     assert (run / "localhost" / "host_result.json").is_file()
     assert (run / "report.html").is_file()
+
+
+def test_ctrl_c_cancels_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+
+    calls = fake_ansible(monkeypatch, recorded_events()[:12], wait_for_cancel=True)
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt_once_handled() -> None:  # never hit pytest's own SIGINT handler
+        while not stop.wait(0.02):
+            if signal.getsignal(signal.SIGINT) is not before:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    thread = threading.Thread(target=interrupt_once_handled, daemon=True)
+    thread.start()
+    try:
+        code = main(["cluster", "run", "--results-dir", str(tmp_path), "--run-id", "c1"])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    captured = capsys.readouterr()
+    assert code == 130
+    assert "canceling" in captured.err and "run c1: canceled" in captured.out
+    assert [Path(c["playbook"]).name for c in calls] == ["run.yml", "stop.yml", "restore.yml"]
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back

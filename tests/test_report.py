@@ -140,3 +140,19 @@ def test_report_renders_in_headless_chromium(real_run: Path, tmp_path: Path) -> 
     # the chart area (below the header and KPI block) is not white
     chart_band = pixels[400:1100]
     assert float((chart_band < 0.9).any(axis=2).mean()) > 0.05
+
+
+def test_failed_instance_shows_its_log_tail(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", hosts=("spr-01",))
+    path = run / "spr-01" / "host_result.json"
+    data = json.loads(path.read_text())
+    data["status"] = "failed"
+    data["instances"][1].update(exit_code=1, state="failed", exit="exit status 1",
+                                log_tail=["Traceback (most recent call last):",
+                                          "RuntimeError: <oneDNN> primitive failed"])
+    path.write_text(json.dumps(data))
+    text = render_report(run)
+    assert "<h2>Failures</h2>" in text and "status <b class=\"bad\">failed</b>" in text
+    assert "spr-01 instance 1: exit status 1" in text
+    assert "RuntimeError: &lt;oneDNN&gt; primitive failed" in text  # escaped
+    assert "1 of 2 instances failed" in text
