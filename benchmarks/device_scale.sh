@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Scale check on a 16-core machine (the device machine this project is sometimes lent):
+# every precision at terabyte-small / batch 2048 / 16 threads, then the launcher layouts
+# 4 x 4 cores (latency), 1 x 16 and 4 x 4 (throughput). Results go to $OUT (flat files).
+# Usage: OUT=/some/dir bash benchmarks/device_scale.sh
+set -u
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+{
+  date -u; nproc; lscpu | grep -E 'Model name|Socket|NUMA|Thread|Core'
+  grep -o -w 'amx_tile\|amx_bf16\|amx_int8\|avx512_vnni\|avx512_bf16' /proc/cpuinfo | sort | uniq -c
+  $PY -c 'import torch; print("torch", torch.__version__)'
+  command -v numactl || echo "no numactl"
+} 2>&1 | tee "$OUT/machine.txt"
+
+$PY benchmarks/precisions.py --preset terabyte-small --batch-size 2048 --steps 30 \
+  --warmup-steps 3 --threads 16 --out "$OUT/precisions.json" 2>&1 | tail -12
+
+layout() {  # name, then launch arguments
+  local name=$1; shift
+  local dir=/tmp/dlrm-runs/$name
+  rm -rf "$dir"
+  $PY -m dlrm_bench launch --output "$dir" --preset terabyte-small "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $?"
+  $PY -m dlrm_bench kpi "$dir" --output "$dir/results.jsonl" 2>&1 | tee -a "$OUT/$name.log" | head -20
+  cp "$dir/host_result.json" "$OUT/$name-host_result.json" 2>/dev/null
+}
+layout latency-4x4 --mode latency --precision amx_int8 --instances 4 --cores-per-instance 4 \
+  --batch-size 1 --steps 2000 --warmup-steps 200
+layout throughput-1x16 --mode throughput --precision amx_int8 --instances 1 \
+  --cores-per-instance 16 --batch-size 2048 --steps 40 --warmup-steps 4
+layout throughput-4x4 --mode throughput --precision amx_int8 --instances 4 \
+  --cores-per-instance 4 --batch-size 2048 --steps 40 --warmup-steps 4 --weight-sharing
