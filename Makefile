@@ -42,5 +42,23 @@ test: $(STAMP) system-deps lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/precisions.py $(ARGS)
 
+# Optional: the IPEX backend (--backend ipex) in its own venv. intel-extension-for-pytorch 2.8.0 (its
+# last release; the project is archived) needs torch 2.8, which PyPI has only as the CUDA build
+# (~7 GB with its nvidia-* wheels). The package goes in with --no-deps: its own torch range is for
+# the main venv. Then: .venv-ipex/bin/dlrm-bench run --backend ipex ...
+IPEX_VENV := .venv-ipex
+IPEX_STAMP := $(IPEX_VENV)/.installed
+
+$(IPEX_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(IPEX_VENV)
+	$(IPEX_VENV)/bin/pip install -q --upgrade pip
+	$(IPEX_VENV)/bin/pip install -q torch==2.8.0 intel-extension-for-pytorch==2.8.0 \
+	  numpy scikit-learn rich pyyaml jinja2
+	$(IPEX_VENV)/bin/pip install -q --no-deps -e .
+	$(IPEX_VENV)/bin/python -c 'import intel_extension_for_pytorch as ipex, dlrm_bench; print("ipex", ipex.__version__)'
+	touch $(IPEX_STAMP)
+
+ipex-venv: $(IPEX_STAMP)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

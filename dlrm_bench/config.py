@@ -20,7 +20,7 @@ PRECISIONS = ("avx_fp32", "avx_int8", "amx_int8", "amx_bfloat16", "amx_bfloat32"
 TRAINING_PRECISIONS = ("avx_fp32", "amx_bfloat16", "amx_bfloat32")
 DATA_TYPES = ("real", "synthetic")
 CASE_TYPES = ("", "gated", "pkm")
-BACKENDS = ("native",)
+BACKENDS = ("native", "ipex")
 SEED_CASE_PREFIX = "test_dlrm_pytorch_xeon_public_"
 
 # Gated: the quick CI validation of the seed (< 5 minutes): small model, few steps.
@@ -190,6 +190,10 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> R
     cfg.precision = _choice("precision", str(cfg.precision).lower(), PRECISIONS)
     cfg.case_type = _choice("case type", str(cfg.case_type).lower(), CASE_TYPES)
     cfg.backend = _choice("backend", str(cfg.backend).lower(), BACKENDS)
+    if cfg.backend == "ipex":  # one line now, not after the model is built
+        from dlrm_bench.backends.ipex_support import check_backend
+
+        check_backend(cfg.function)
     if cfg.function == "training" and cfg.mode == "latency":
         raise UserError("latency mode is only valid for inference (training: throughput, accuracy)")
     if cfg.function == "training" and cfg.precision not in TRAINING_PRECISIONS:

@@ -56,9 +56,20 @@ def _calibration_file(cfg: RunConfig) -> Path | None:
     return Path(cfg.output) / "calibration.json" if cfg.output else None
 
 
+def backend_module(name: str) -> Any:
+    """``native`` or ``ipex`` (imported only when chosen): ``prepare``, ``save_prepared``,
+    ``load_prepared``."""
+    if name == "ipex":
+        from dlrm_bench.backends import ipex
+
+        return ipex
+    return native
+
+
 def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any, dict[str, Any]]:
     """The prepared forward for ``cfg.precision`` and facts about how it was obtained."""
     calib_file = _calibration_file(cfg)
+    backend = backend_module(cfg.backend)
 
     def make() -> Any:
         model = build(cfg, spec)
@@ -67,17 +78,19 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
             size = max(cfg.batch_size, CALIBRATION_MIN_BATCH)
             calibration = data.pool(cfg, spec, "train", size, cfg.calibration_batches)
             log.line(f"Calibrating int8 on {len(calibration)} training batches of {size}")
-        return native.prepare(model, cfg.precision, calibration=calibration,
-                              calibration_file=calib_file)
+        return backend.prepare(model, cfg.precision, calibration=calibration,
+                               calibration_file=calib_file)
 
     facts: dict[str, Any] = {"weights": "private"}
     if cfg.weights_cache and cfg.function == "inference":
         identity = {**model_identity(cfg), "precision": cfg.precision,
                     "calibration": str(calib_file) if calib_file else None}
+        if cfg.backend != "native":  # native keeps its keys: caches made before stay valid
+            identity["backend"] = cfg.backend
         prepared, created = shared_weights(
             cfg.weights_cache, identity,
-            create=lambda path: native.save_prepared(make(), path),
-            load=lambda path: native.load_prepared(path, mmap=True),
+            create=lambda path: backend.save_prepared(make(), path),
+            load=lambda path: backend.load_prepared(path, mmap=True),
         )
         facts = {"weights": "shared", "weights_cache": cfg.weights_cache, "created_here": created}
     else:

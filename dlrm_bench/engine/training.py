@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlrm_bench.backends.compat import set_fp32_matmul_precision
 from dlrm_bench.data.reader import Batch
 from dlrm_bench.engine.metrics import latency_summary
 from dlrm_bench.engine.runlog import progress
@@ -58,7 +59,7 @@ def precision_context(precision: str) -> contextlib.AbstractContextManager[Any]:
 
 def set_fp32_matmul_mode(mode: str) -> None:
     """``bf16`` lets oneDNN run fp32 matmuls in bf16 on AMX (bf32); ``ieee`` is plain fp32."""
-    torch.backends.mkldnn.matmul.fp32_precision = mode
+    set_fp32_matmul_precision(mode)
 
 
 class Trainer:
