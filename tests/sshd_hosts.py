@@ -12,8 +12,10 @@ directory can hold the keys. ``SshdHosts`` is a context manager; the pytest fixt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -36,6 +38,22 @@ def unavailable_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} missing (apt-get install openssh-client)"
     return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(x) for x in children.read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
 
 
 def _free_port(address: str) -> int:
@@ -78,8 +96,8 @@ class SshHost:
             "ansible_user": "root",
             "ansible_connection": "ssh",
             "ansible_ssh_private_key_file": str(self.key_file),
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                                       "-o LogLevel=ERROR",
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                       "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
             "ansible_python_interpreter": python,
         }
 
@@ -167,11 +185,17 @@ class SshdHosts:
         raise RuntimeError(f"sshd on {host.address}:{host.port} not reachable: {last}")
 
     def stop(self) -> None:
+        """Terminate each daemon and its session processes (SSH control masters on the client
+        side would otherwise keep those alive for a while)."""
         for host in self.hosts:
             proc = host.process
             if proc is None or proc.poll() is not None:
                 continue
+            sessions = _descendants(proc.pid)
             proc.terminate()
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
