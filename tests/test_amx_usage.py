@@ -12,7 +12,9 @@ implementation, e.g. ``brg_matmul:avx10_1_512_amx``) and ``MKL_VERBOSE=1``.
 - amx_*: every GEMM with a 1024-wide operand (the top MLP) runs an AMX implementation; bf32 also
   shows the bf16 math mode (``attr-fpmath:bf16``) on fp32 tensors. The small GEMMs (the 13-wide
   first bottom layer, the 1-wide last top layer) may legitimately use AVX-512 kernels: oneDNN
-  picks those when AMX tiles would be mostly padding.
+  picks those when AMX tiles would be mostly padding. amx_bfloat16's 256 -> 1 head runs in fp32
+  (MKL sgemv: AMX has no fp32 mode and a 1-wide GEMM gains nothing from it) so that the
+  probabilities are not rounded to bf16.
 """
 
 from __future__ import annotations

@@ -114,6 +114,8 @@ def test_matches_fp32(precision: str, model: DLRM, calibration: list, test_batch
     assert float(err.mean()) <= MEAN_TOLERANCE[precision], f"mean abs diff {float(err.mean())}"
     if precision != "avx_fp32":
         assert float(err.max()) > 0, "a reduced precision gave bit-identical results"
+    # probabilities are fp32, not bf16-rounded (a 2^-8 grid above 0.5 would tie and bias AUC)
+    assert bool((out != out.bfloat16().float()).any())
     # a batch of one (latency mode) agrees too
     one = prepared(test_batch.dense[:1], test_batch.offsets[:, :1], test_batch.indices[:, :1])
     assert float((one - ref[:1]).abs().max()) <= TOLERANCE[precision]

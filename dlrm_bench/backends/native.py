@@ -25,10 +25,9 @@ tables from the page cache without copying them, so instances on a host share on
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from dlrm_bench.backends import native_int8 as q8
+from dlrm_bench.backends.compat import fp32_matmul_precision
 from dlrm_bench.backends.native_int8 import BatchLike
 from dlrm_bench.backends.native_ops import DenseLinear, EmbeddingTables, Interaction, fuse_tables
 from dlrm_bench.cpu import check_supported, isa_mismatches
@@ -49,14 +49,19 @@ PREPARED_VERSION = 1
 # Per precision: table kind; ``dtype``, that of the float activations (for int8: the bottom MLP's
 # output and the interaction); ``packed``, oneDNN-prepacked float linears (else F.linear = MKL);
 # ``chunk``, the most rows run through the network at once (bigger batches go in chunks so that
-# the [rows, 1024] activations stay in the 2 MB L2). Choices measured at terabyte-small, see
-# docs in the final report of the precision work:
+# the [rows, 1024] activations stay in the 2 MB L2). Measured at terabyte-small, batch 2048,
+# 2 pinned cores of an AMX Xeon (torch 2.11; run-to-run spread there was large, so these are
+# same-run comparisons):
+# - chunk 1024 vs whole 2048-row batches: bf16 +49%, bf32 +57%, int8 +6%, fp32 0..+36% (two
+#   runs); 512 is no better than 1024.
 # - avx_fp32: MKL sgemm and oneDNN prepacked fp32 within 3% (MKL slightly ahead); MKL kept.
-# - amx_int8 interaction in bf16 (AMX bmm): 1.55x the int8 throughput of an fp32 interaction
-#   (MKL sgemm on 26x128 matrices is slow). avx_int8 stays fp32: without AMX / AVX512-BF16 in
-#   the ISA cap oneDNN emulates bf16 and the bmm is 10x slower.
+#   amx_bfloat32: packed and unpacked (F.linear -> oneDNN matmul in bf16 mode) equal; packed kept
+#   for the fused ReLU.
+# - amx_int8 interaction in bf16 (AMX bmm): 1.55x the int8 throughput (one core) of an fp32
+#   interaction (MKL sgemm on 27x128 matrices is slow). avx_int8 stays fp32: without AMX /
+#   AVX512-BF16 in the ISA cap oneDNN emulates bf16 and the bmm is 10x slower.
 PLANS: dict[str, dict[str, Any]] = {
-    "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": False, "chunk": 2048},
+    "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": False, "chunk": 1024},
     "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024},
     "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024},
     "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024},
@@ -67,21 +72,6 @@ PACK_BATCH_HINT = 1024
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
     return [layer for layer in arch if isinstance(layer, nn.Linear)]
-
-
-@contextlib.contextmanager
-def _fp32_matmul_precision(mode: str | None) -> Iterator[None]:
-    """Scope oneDNN's process-global fp32 math mode (``bf16`` = bf32 on AMX) to one call."""
-    if mode is None:
-        yield
-        return
-    settings = torch.backends.mkldnn.matmul
-    previous = settings.fp32_precision
-    settings.fp32_precision = mode
-    try:
-        yield
-    finally:
-        settings.fp32_precision = previous
 
 
 class PreparedModel:
@@ -103,7 +93,7 @@ class PreparedModel:
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
-        with _fp32_matmul_precision(self.math_mode):
+        with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
                 self._build_int8()
             else:
@@ -118,6 +108,12 @@ class PreparedModel:
         self.bottom = build(self.state["bottom"], "relu")
         self.top = build(self.state["top"], "sigmoid")
         dtype = self.dtype
+        if dtype != torch.float32:
+            # the 256 -> 1 head in fp32 (on upcast activations): a bf16 sigmoid would leave
+            # probabilities on a 2^-8 grid above 0.5, i.e. ties that lower the measured AUC
+            head = self.state["top"][-1]
+            self.top[-1] = DenseLinear(head["weight"].float(), head["bias"].float(), "sigmoid",
+                                       packed=False, batch_hint=PACK_BATCH_HINT)
         self.bottom_in = lambda dense: dense.to(dtype)
         self.top_in = lambda z: z
         self.finish = lambda out: out.float()
@@ -142,7 +138,7 @@ class PreparedModel:
         x = self.bottom_in(dense)
         for layer in self.bottom:
             x = layer(x)
-        z = self.interaction(x, self.tables.lookup(offsets, indices, one_hot))
+        z = self.interaction(self.tables.stacked(x, offsets, indices, one_hot))
         z = self.top_in(z)
         for layer in self.top:
             z = layer(z)
@@ -155,7 +151,7 @@ class PreparedModel:
         """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
         batch = dense.shape[0]
         one_hot = self.tables.one_hot(offsets, indices)
-        with _fp32_matmul_precision(self.math_mode):
+        with fp32_matmul_precision(self.math_mode):
             if batch <= self.chunk or not one_hot:
                 return self._forward(dense, offsets, indices, one_hot)
             outs = []

@@ -77,6 +77,31 @@ class EmbeddingTables:
         looked = [self._bags(indices[t], offsets[t], w) for t, w in enumerate(self.weights)]
         return torch.stack(looked, dim=1)
 
+    def stacked(
+        self, x: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
+    ) -> torch.Tensor:
+        """``S = [x; E]`` ``[B, T+1, D]`` in ``x``'s dtype, the interaction's operand.
+
+        Built without a separate concatenation pass where possible: one-hot lookups of a fused
+        float table gather straight into ``S`` (slot 0 gathers a dummy row, then gets ``x``);
+        split tables are concatenated once, from the T looked-up bags.
+        """
+        batch, dim = x.shape
+        num_tables = offsets.shape[0]
+        out = torch.empty(batch, num_tables + 1, dim, dtype=x.dtype)
+        if self.fused and one_hot and self.kind != "int8" and self.weights[0].dtype == x.dtype:
+            ids = torch.zeros(batch, num_tables + 1, dtype=torch.int64)
+            ids[:, 1:] = (indices + self.bases).t()
+            torch.index_select(self.weights[0], 0, ids.view(-1), out=out.view(-1, dim))
+            out[:, 0] = x
+        elif not self.fused:
+            bags = [self._bags(indices[t], offsets[t], w).unsqueeze(1)
+                    for t, w in enumerate(self.weights)]
+            torch.cat([x.unsqueeze(1), *bags], dim=1, out=out)
+        else:  # int8 rows dequantize to float32: the copy into S also converts
+            torch.cat([x.unsqueeze(1), self.lookup(offsets, indices, one_hot)], dim=1, out=out)
+        return out
+
     def arange(self, n: int) -> torch.Tensor:
         """``arange(n)`` int64 from a cached buffer (no allocation per batch)."""
         if self._arange.numel() < n:
@@ -120,14 +145,15 @@ def fuse_tables(tables: list[torch.Tensor], kind: str) -> torch.Tensor:
 
 
 class Interaction:
-    """Dot interaction: ``x [B, D]``, ``E [B, T, D]`` -> ``[B, F]`` in the reference order.
+    """Dot interaction: ``S = [x; E]`` ``[B, T+1, D]`` -> ``[B, F]`` in the reference order.
 
-    The output is ``[x, tril(Z)]`` with ``Z = S S^T``, ``S = [x; E]`` ``[B, T+1, D]`` and ``tril``
-    the strictly-lower triangle row by row, exactly ``DotInteraction`` of ``dlrm_bench.model``,
-    gathered with one ``index_select`` on the flattened ``Z`` (advanced indexing
-    ``Z[:, rows, cols]`` is ~1.5x slower). Computing ``E x`` and ``E E^T`` separately to avoid
-    building ``S`` was measured no faster: the batched matrix-vector product costs as much as the
-    copy it saves.
+    The output is ``[x, tril(Z)]`` with ``Z = S S^T`` and ``tril`` the strictly-lower triangle
+    row by row, exactly ``DotInteraction`` of ``dlrm_bench.model``, gathered with one
+    ``index_select`` on the flattened ``Z`` straight into the output (advanced indexing
+    ``Z[:, rows, cols]`` then ``cat`` is slower). Computing ``E x`` and ``E E^T`` separately to
+    avoid building ``S`` was measured no faster: the batched matrix-vector product costs as much
+    as the copy it saves; folding the gather into a zero-padded first top-layer weight (K 479 ->
+    857) was 5% slower.
     """
 
     def __init__(self, num_tables: int) -> None:
@@ -135,14 +161,13 @@ class Interaction:
         rows, cols = torch.tril_indices(n, n, offset=-1)
         self.flat = rows * n + cols  # [n(n-1)/2] positions in the flattened [n, n] Gram matrix
 
-    def __call__(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        batch, dim = x.shape
-        # [B, T+1, D] in x's dtype; a float32 ``emb`` (int8 tables) is converted by the copy itself
-        stacked = torch.empty(batch, emb.shape[1] + 1, dim, dtype=x.dtype)
-        torch.cat([x.unsqueeze(1), emb], dim=1, out=stacked)
+    def __call__(self, stacked: torch.Tensor) -> torch.Tensor:
+        batch, _, dim = stacked.shape
         gram = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, T+1, T+1]
-        tril = gram.view(batch, -1).index_select(1, self.flat)  # [B, T(T+1)/2]
-        return torch.cat([x, tril], dim=1)  # [B, D + T(T+1)/2]
+        out = torch.empty(batch, dim + self.flat.numel(), dtype=stacked.dtype)
+        out[:, :dim] = stacked[:, 0]
+        torch.index_select(gram.view(batch, -1), 1, self.flat, out=out[:, dim:])
+        return out  # [B, D + T(T+1)/2]
 
 
 class DenseLinear:
@@ -165,6 +190,8 @@ class DenseLinear:
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.w.dtype:  # a float32 head on bf16 activations
+            x = x.to(self.w.dtype)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.w, self.bias, self.post, [], "")
         y = F.linear(x, self.w, self.bias)
