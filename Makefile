@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := numactl libjemalloc2 openssh-server openssh-client rsync chromium
+APT_PACKAGES := numactl libjemalloc2 openssh-server openssh-client rsync chromium sudo
 ARGS ?=
 
-.PHONY: run test lint setup system-deps clean bench ipex-venv
+.PHONY: run test lint setup system-deps clean bench ipex-venv ansible-lint molecule
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the tests use (numactl, jemalloc, sshd for loopback hosts, chromium for reports).
+# Debian packages the tests use (numactl, jemalloc, sshd for loopback hosts, chromium for reports,
+# sudo for the tuning tasks' privilege escalation).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -38,6 +39,16 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# `make test` runs both through pytest (tests/test_ansible_molecule.py); these run them alone.
+ansible-lint: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --offline
+
+molecule: $(STAMP)
+	@set -e; for role in roles/*/; do \
+	  echo "== molecule test: $$role"; \
+	  (cd $$role && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/molecule test -s default); \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/precisions.py $(ARGS)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ansible
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if p.is_dir())
-STAGES = ("provision", "deploy", "benchmark", "collect", "report", "restore")
+STAGES = ("provision", "deploy", "benchmark", "collect", "restore", "report")
 SEED_PARAMETERS = ("function", "mode", "precision", "data_type", "case_type", "batch_size",
                    "warmup_steps", "steps", "cores_per_instance", "instance_number",
                    "weight_sharing", "onednn_verbose")
