@@ -1,0 +1,279 @@
+"""Native vs IPEX on this machine: one invocation, alternating backends (not a test).
+
+    .venv/bin/python benchmarks/harness.py [--precisions avx_fp32,amx_bfloat16,amx_int8 | all]
+        [--batches 2048,1] [--sharing-batch 16] [--repeats 3] [--target-seconds 2]
+        [--preset terabyte-small] [--seed 0] [--threads N] [--cache-dir DIR] [--out F.json]
+
+What runs. The native backend with .venv/bin/python and, when .venv-ipex exists (``make
+ipex-venv``), the IPEX backend with .venv-ipex/bin/python, on the same model (``--preset``,
+``--seed``: generated weights), the same generated test data, the same threads. For each repeat
+and precision: a worker process per backend (benchmarks/harness_worker.py: every batch size of
+``--batches`` in one process, the ISA environment being per process), native then IPEX; then the
+seed's weight-sharing layout per backend, native then IPEX: ``dlrm-bench launch --instances
+<cores> --cores-per-instance 1 --weight-sharing`` at ``--sharing-batch`` (one single-threaded
+stream per physical core over one memory-mapped copy of the weights). Prepared weights and int8
+calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
+Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
+installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
+
+Roofline. For each precision, benchmarks/harness_peaks.py measures (in the main venv, in a
+process with that precision's ISA caps, with ``--threads`` threads) the best of two GEMM kernels
+of the precision's datatype on n x n x n products (n = 2048 and 4096; see its docstring): fp32
+``torch.mm`` (MKL) or oneDNN prepacked linear; bf32 the same in oneDNN's bf16 math mode; bf16
+``torch.mm`` / oneDNN prepacked linear in bf16; int8 ``torch._int_mm`` or oneDNN ``qlinear``
+(u8 x s8). It runs at the start and at the end; the peak is the larger. Fraction of the roofline
+= samples/s x ``ModelSpec.flops_per_sample()`` (2 per MAC: both MLPs and the interaction's dot
+products; embedding gathers count nothing) / peak.
+
+Output: ``--out`` (default benchmarks/results/harness-<host>.json) with the machine (CPU model,
+flags, cores, torch / IPEX versions of both venvs), parameters, peaks, every run and the
+summary; the markdown table beside it (.md) and on stdout. Default: 3 precisions x 3 repeats,
+about 15 minutes on 2 cores (``--precisions all`` for the five).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness_report import markdown, summarise  # noqa: E402  (benchmarks/ is on sys.path)
+
+from dlrm_bench import launcher, topology  # noqa: E402
+from dlrm_bench.config import ENV_NAMES, PRECISIONS  # noqa: E402
+from dlrm_bench.presets import get_preset  # noqa: E402
+from dlrm_bench.results import atomic_write_json, atomic_write_text, host_facts, now_iso  # noqa: E402
+
+VENVS = {"native": REPO / ".venv" / "bin" / "python",
+         "ipex": REPO / ".venv-ipex" / "bin" / "python"}
+DEFAULT_PRECISIONS = "avx_fp32,amx_bfloat16,amx_int8"
+
+
+def base_env(threads: int | None) -> dict[str, str]:
+    """os.environ without the seed's variables, plus the launcher's threading and allocator."""
+    env = {k: v for k, v in os.environ.items() if k not in (*ENV_NAMES.values(), "CASE")}
+    env["PYTHONPATH"] = str(REPO)
+    if threads is not None:
+        env.update({"OMP_NUM_THREADS": str(threads), **launcher.KMP_ENV,
+                    **launcher.find_allocator("auto").env})
+    return env
+
+
+def venv_versions(python: Path) -> dict[str, str | None]:
+    code = ("import importlib.metadata as m, json, platform\n"
+            "def v(n):\n  try: return m.version(n)\n  except m.PackageNotFoundError: return None\n"
+            "print(json.dumps({'python': platform.python_version(), 'torch': v('torch'), "
+            "'intel-extension-for-pytorch': v('intel-extension-for-pytorch'), "
+            "'numpy': v('numpy')}))")
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-300:]}
+
+
+def loadavg() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+WALL: dict[str, float] = {}  # seconds each subprocess took, by log name
+
+
+def _call(cmd: list[str], log: Path, env: dict[str, str], timeout: float) -> str | None:
+    """Run ``cmd`` with its output in ``log``; None when it succeeded, else the error's tail."""
+    start = time.monotonic()
+    with log.open("w") as handle:
+        try:
+            proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout:.0f} s (log {log})"
+        finally:
+            WALL[log.stem] = round(time.monotonic() - start, 1)
+    if proc.returncode == 0:
+        return None
+    tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+    return f"exit {proc.returncode}: {' | '.join(tail)[-400:]} (log {log})"
+
+
+def measure_peaks(args: argparse.Namespace, work: Path, tag: str) -> dict[str, dict[str, Any]]:
+    peaks = {}
+    for precision in args.precisions:
+        out = work / f"peak-{precision}-{tag}.json"
+        error = _call([str(VENVS["native"]), str(REPO / "benchmarks" / "harness_peaks.py"),
+                       "--precision", precision, "--threads", str(args.threads),
+                       "--sizes", args.peak_sizes, "--out", str(out)],
+                      work / f"peak-{precision}-{tag}.log", base_env(args.threads), 600)
+        peaks[precision] = json.loads(out.read_text()) if error is None else {"error": error}
+        print(f"peak {precision} ({tag}): {peaks[precision].get('peak_gflops')} GFLOP/s "
+              f"{peaks[precision].get('best') or peaks[precision].get('error')}", flush=True)
+    return peaks
+
+
+def _calibration(cache: Path, backend: str) -> str:
+    return str(cache / f"calibration-{backend}.json")
+
+
+def run_worker(args: argparse.Namespace, backend: str, precision: str, repeat: int,
+               cache: Path, work: Path) -> list[dict[str, Any]]:
+    plan = [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
+             args.max_steps] for b in args.batches]
+    tag = f"{backend}-{precision}-r{repeat}"
+    out, load = work / f"{tag}.json", loadavg()
+    error = _call([str(VENVS[backend]), str(REPO / "benchmarks" / "harness_worker.py"),
+                   "--backend", backend, "--precision", precision, "--preset", args.preset,
+                   "--seed", str(args.seed), "--threads", str(args.threads),
+                   "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
+                   "--calibration-file", _calibration(cache, backend), "--out", str(out)],
+                  work / f"{tag}.log", base_env(args.threads), 1800)
+    common = {"backend": backend, "precision": precision, "repeat": repeat, "loadavg_1m": load,
+              "process_wall_s": WALL.get(tag)}
+    if error is not None:
+        print(f"{tag}: FAILED {error}", flush=True)
+        return [{**common, "layout": f"batch {b}", "error": error} for b in args.batches]
+    result = json.loads(out.read_text())
+    records = []
+    for r in result["runs"]:
+        records.append({**common, "layout": f"batch {r['batch_size']}",
+                        "samples_per_s": r["throughput_samples_per_s"],
+                        "latency_ms": r["latency_ms"], "steps": r["steps"],
+                        "elapsed_s": r["elapsed_s"], "prepare_s": r["prepare_s"],
+                        "first_call_s": r["first_call_s"],
+                        "cpu_utilisation": r["timed_cpu_utilisation"],
+                        "versions": result["versions"]})
+        print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
+              f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)
+    return records
+
+
+def run_sharing(args: argparse.Namespace, backend: str, precision: str, repeat: int,
+                cache: Path, work: Path) -> dict[str, Any]:
+    tag = f"{backend}-{precision}-r{repeat}-sharing"
+    run_dir, load = work / tag, loadavg()
+    error = _call([str(VENVS[backend]), "-m", "dlrm_bench", "launch",
+                   "--instances", str(args.cores), "--cores-per-instance", "1",
+                   "--weight-sharing", "--weights-cache", str(cache), "--output", str(run_dir),
+                   "--backend", backend, "--precision", precision, "--preset", args.preset,
+                   "--seed", str(args.seed), "--batch-size", str(args.sharing_batch),
+                   "--steps", str(args.sharing_steps), "--warmup-steps",
+                   str(args.sharing_steps // 10), "--calibration-file",
+                   _calibration(cache, backend)],
+                  work / f"{tag}.log", base_env(None), 1800)
+    record: dict[str, Any] = {
+        "backend": backend, "precision": precision, "repeat": repeat, "loadavg_1m": load,
+        "process_wall_s": WALL.get(tag),
+        "layout": f"sharing {args.cores}x1 core, batch {args.sharing_batch}"}
+    if error is not None:
+        print(f"{tag}: FAILED {error}", flush=True)
+        return {**record, "error": error}
+    host = json.loads((run_dir / "host_result.json").read_text())
+    metrics = host.get("metrics", {})
+    record.update(samples_per_s=host["kpi"]["value"], latency_ms=metrics.get("latency_ms", {}),
+                  steps=args.sharing_steps, instances=len(host["instances"]),
+                  pinning=host["pinning"]["method"], allocator=host["allocator"]["name"])
+    print(f"{tag}: {record['samples_per_s']:,.0f} samples/s", flush=True)
+    return record
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", default=DEFAULT_PRECISIONS, help="comma list, or all")
+    parser.add_argument("--batches", default="2048,1")
+    parser.add_argument("--sharing-batch", type=int, default=16, help="0: no sharing layout")
+    parser.add_argument("--sharing-steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target-seconds", type=float, default=2.0)
+    parser.add_argument("--max-steps", type=int, default=20000)
+    parser.add_argument("--preset", default="terabyte-small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--backends", default="native,ipex")
+    parser.add_argument("--peak-sizes", default="2048,4096")
+    parser.add_argument("--cache-dir", type=Path, help="kept (default: a temporary dir)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    args.precisions = list(PRECISIONS) if args.precisions == "all" else args.precisions.split(",")
+    unknown = [p for p in args.precisions if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"unknown precisions: {', '.join(unknown)}")
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.cores = len(topology.detect().physical_cpus)
+    args.threads = args.threads or args.cores
+    wanted = args.backends.split(",")
+    args.backends = [b for b in wanted if b in VENVS and VENVS[b].exists()]
+    args.skipped = {b: f"{VENVS[b]} does not exist" + (" (make ipex-venv)" if b == "ipex" else "")
+                    for b in wanted if b not in args.backends}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for backend, why in args.skipped.items():
+        print(f"skipping {backend}: {why}", flush=True)
+    if not args.backends:
+        raise SystemExit("no backend to run")
+    started, t0 = now_iso(), time.monotonic()
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="dlrm-harness-cache-"))
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dlrm-harness-"))
+    print(f"cache {cache}, logs {work}", flush=True)
+    runs: list[dict[str, Any]] = []
+    try:
+        peaks_start = measure_peaks(args, work, "start")
+        for repeat in range(args.repeats):
+            for precision in args.precisions:
+                for backend in args.backends:
+                    runs += run_worker(args, backend, precision, repeat, cache, work)
+                if args.sharing_batch > 0:
+                    for backend in args.backends:
+                        runs.append(run_sharing(args, backend, precision, repeat, cache, work))
+        peaks_end = measure_peaks(args, work, "end")
+    finally:
+        if args.cache_dir is None:
+            shutil.rmtree(cache, ignore_errors=True)
+    peaks = {p: max((peaks_start[p], peaks_end[p]), key=lambda d: d.get("peak_gflops") or 0)
+             for p in args.precisions}
+    facts = host_facts()
+    spec = get_preset(args.preset)
+    doc = {
+        "benchmark": "harness: native vs IPEX",
+        "when": started, "total_s": round(time.monotonic() - t0, 1),
+        "machine": {**{k: facts[k] for k in ("hostname", "cpu_model", "isa_flags", "logical_cpus",
+                                              "allowed_cpus", "sockets", "memory_bytes",
+                                              "kernel", "governor")},
+                    "physical_cores": args.cores},
+        "venvs": {b: venv_versions(VENVS[b]) for b in args.backends},
+        "skipped_backends": args.skipped,
+        "parameters": {"precisions": args.precisions, "batches": args.batches,
+                       "sharing_batch": args.sharing_batch, "sharing_steps": args.sharing_steps,
+                       "repeats": args.repeats, "target_seconds": args.target_seconds,
+                       "preset": args.preset, "seed": args.seed, "threads": args.threads,
+                       "backends": args.backends, "peak_sizes": args.peak_sizes,
+                       "order": "per repeat and precision: workers, then sharing launches, "
+                                "each in the order of backends"},
+        "flops_per_sample": spec.flops_per_sample(),
+        "peaks": peaks, "peaks_start": peaks_start, "peaks_end": peaks_end,
+        "summary": summarise(runs, peaks, spec.flops_per_sample()),
+        "runs": runs, "logs": str(work),
+    }
+    out = args.out or REPO / "benchmarks" / "results" / f"harness-{platform.node()}.json"
+    atomic_write_json(out, doc)
+    table = markdown(doc)
+    atomic_write_text(out.with_suffix(".md"), table)
+    print("\n" + table + f"\nwritten: {out} and {out.with_suffix('.md')}; logs {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

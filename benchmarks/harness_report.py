@@ -1,0 +1,124 @@
+"""Summary and markdown tables of benchmarks/harness.py's runs (no torch, no subprocesses)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
+              flops_per_sample: int | None) -> list[dict[str, Any]]:
+    """One row per (precision, layout): medians per backend, native/IPEX ratio with its spread
+    (per-repeat ratios, min-max), batch-1 latency and the fraction of the GEMM roofline."""
+    keys: list[tuple[str, str]] = []
+    for r in runs:
+        if (r["precision"], r["layout"]) not in keys:
+            keys.append((r["precision"], r["layout"]))
+    rows = []
+    for precision, layout in keys:
+        per: dict[str, dict[int, dict[str, Any]]] = {}
+        errors: dict[str, list[str]] = {}
+        for r in runs:
+            if (r["precision"], r["layout"]) != (precision, layout):
+                continue
+            if r.get("error"):
+                errors.setdefault(r["backend"], []).append(r["error"])
+            else:
+                per.setdefault(r["backend"], {})[r["repeat"]] = r
+        row: dict[str, Any] = {"precision": precision, "layout": layout, "backends": {}}
+        peak = (peaks.get(precision) or {}).get("peak_gflops")
+        for backend, by_repeat in per.items():
+            rates = [r["samples_per_s"] for r in by_repeat.values()]
+            med = _median(rates)
+            entry: dict[str, Any] = {
+                "samples_per_s_median": med, "samples_per_s": rates,
+                "repeats": len(rates),
+                "latency_ms_p50": _median([r["latency_ms"]["p50"] for r in by_repeat.values()]),
+                "latency_ms_p99": _median([r["latency_ms"]["p99"] for r in by_repeat.values()]),
+            }
+            if med and peak and flops_per_sample:
+                entry["roofline_fraction"] = med * flops_per_sample / (peak * 1e9)
+            row["backends"][backend] = entry
+        if "native" in per and "ipex" in per:
+            common = sorted(set(per["native"]) & set(per["ipex"]))
+            ratios = [per["native"][k]["samples_per_s"] / per["ipex"][k]["samples_per_s"]
+                      for k in common if per["ipex"][k]["samples_per_s"] > 0]
+            if ratios:
+                row["native_over_ipex"] = {"median": statistics.median(ratios),
+                                           "min": min(ratios), "max": max(ratios),
+                                           "per_repeat": ratios}
+        if errors:
+            row["errors"] = errors
+        rows.append(row)
+    return rows
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables: throughput and ratio, batch-1 latency, GEMM peaks, and the machine."""
+    m, rows = doc["machine"], doc["summary"]
+    backends = doc["parameters"]["backends"]
+    lines = [
+        f"## DLRM {doc['parameters']['preset']}: native vs IPEX on {m['cpu_model']}",
+        "",
+        f"{m['physical_cores']} physical cores, {doc['parameters']['threads']} threads per "
+        f"process; ISA flags: {' '.join(m['isa_flags'])}; torch: "
+        + ", ".join(f"{b} {v.get('torch')}" + (f" + IPEX {v['intel-extension-for-pytorch']}"
+                                               if v.get("intel-extension-for-pytorch") else "")
+                    for b, v in doc["venvs"].items())
+        + f"; {doc['parameters']['repeats']} repeats, alternating {' / '.join(backends)}; "
+          f"{doc['when']}; total {doc['total_s'] / 60:.1f} min.",
+        "",
+        "| precision | layout | " + " | ".join(f"{b} samples/s" for b in backends)
+        + " | native/IPEX [min–max] | " + " | ".join(f"{b} roofline" for b in backends) + " |",
+        "|---|---|" + "---:|" * len(backends) + "---:|" + "---:|" * len(backends),
+    ]
+    for row in rows:
+        cells = [row["precision"], row["layout"]]
+        cells += [_num(row["backends"].get(b, {}).get("samples_per_s_median")) for b in backends]
+        ratio = row.get("native_over_ipex")
+        cells.append(f"{ratio['median']:.3f} [{ratio['min']:.3f}–{ratio['max']:.3f}]"
+                     if ratio else "—")
+        cells += [_pct(row["backends"].get(b, {}).get("roofline_fraction")) for b in backends]
+        lines.append("| " + " | ".join(cells) + " |")
+    batch1 = [r for r in rows if r["layout"] == "batch 1"]
+    if batch1:
+        lines += ["", "Batch-1 latency (ms, median over repeats):", "",
+                  "| precision | " + " | ".join(f"{b} p50 | {b} p99" for b in backends) + " |",
+                  "|---|" + "---:|---:|" * len(backends)]
+        for row in batch1:
+            cells = [row["precision"]]
+            for b in backends:
+                e = row["backends"].get(b, {})
+                cells += [_num(e.get("latency_ms_p50"), 3), _num(e.get("latency_ms_p99"), 3)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"GEMM peaks (GFLOP/s or int8 GOP/s, {doc['parameters']['threads']} threads, "
+              "best kernel, max of the measurements at the start and the end):", "",
+              "| precision | peak | best kernel |", "|---|---:|---|"]
+    for precision, peak in doc["peaks"].items():
+        lines.append(f"| {precision} | {_num(peak.get('peak_gflops'), 1)} | "
+                     f"{peak.get('best') or '—'} |")
+    failed = [(r["precision"], r["layout"], b, e[0][:120]) for r in rows
+              for b, e in r.get("errors", {}).items()]
+    if failed:
+        lines += ["", "Failures: " + "; ".join(f"{p} {lay} {b}: {e}" for p, lay, b, e in failed)]
+    loads = [r["loadavg_1m"] for r in doc["runs"] if r.get("loadavg_1m") is not None]
+    if loads:
+        lines += ["", f"1-minute load average at the start of each run: median "
+                  f"{statistics.median(loads):.2f}, max {max(loads):.2f} (on {m['logical_cpus']} "
+                  "CPUs; above the thread count means other work shared the cores)."]
+    return "\n".join(lines) + "\n"

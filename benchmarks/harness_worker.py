@@ -1,0 +1,109 @@
+"""One (backend, precision) of benchmarks/harness.py: every batch size, in one process.
+
+    <venv>/bin/python benchmarks/harness_worker.py --backend ipex --precision amx_int8 \\
+        --preset terabyte-small --seed 0 --threads 2 --plan '[[2048, 3, 10, 2.0, 2000]]' \\
+        --weights-cache DIR --calibration-file F --out result.json
+
+The precision's ISA environment is set before torch is imported (as ``dlrm-bench run`` does).
+For each ``[batch, warmup_steps, min_steps, target_seconds, max_steps]`` of the plan the model
+is prepared afresh through the engine's ``prepare_inference`` (from the shared prepared-weights
+file in ``--weights-cache``, memory-mapped, so only the first use builds it; for IPEX a fresh
+trace at that batch size), run once (IPEX traces there), warmed up, and timed with the engine's
+own loop on a pool of generated test batches. The timed steps last about ``target_seconds``
+(estimated from the warmup steps' time, within ``[min_steps, max_steps]``), so a fast and a slow
+backend get windows of about the same length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def run_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from dlrm_bench.cpu import apply_isa_environment
+
+    apply_isa_environment(args.precision)
+    from dlrm_bench import config
+
+    def cfg_for(batch: int, warm: int, steps: int) -> config.RunConfig:
+        return config.resolve({
+            "backend": args.backend, "precision": args.precision, "preset": args.preset,
+            "seed": args.seed, "threads": args.threads, "batch_size": batch,
+            "warmup_steps": warm, "steps": steps, "weights_cache": args.weights_cache,
+            "calibration_file": args.calibration_file}, env={})
+
+    import torch
+
+    from dlrm_bench.engine import batches as data
+    from dlrm_bench.engine import runner
+    from dlrm_bench.engine.inference import timed, warmup
+    from dlrm_bench.engine.runlog import RunLog
+    from dlrm_bench.results import software_versions
+
+    torch.set_num_threads(args.threads)
+    runs: list[dict[str, Any]] = []
+    for batch, warm, min_steps, target_s, max_steps in json.loads(args.plan):
+        cfg = cfg_for(batch, max(1, warm), max_steps)
+        spec = runner.model_spec(cfg)
+        t0 = time.perf_counter()
+        forward, facts = runner.prepare_inference(cfg, spec, RunLog(None))
+        t1 = time.perf_counter()
+        pool = data.pool(cfg, spec, "test", batch, max_steps)
+        warmup(forward, pool, 1)  # IPEX traces and freezes at its first call
+        t2 = time.perf_counter()
+        warmup(forward, pool, max(1, warm))
+        per_step = (time.perf_counter() - t2) / max(1, warm)
+        steps = int(min(max_steps, max(min_steps, math.ceil(target_s / max(per_step, 1e-6)))))
+        cpu0 = time.process_time()
+        metrics = timed(forward, pool, steps)
+        cpu_s = time.process_time() - cpu0
+        metrics.pop("latencies_ms", None)
+        runs.append({"batch_size": batch, "warmup_steps": warm, "steps": steps,
+                     "prepare_s": round(t1 - t0, 3), "first_call_s": round(t2 - t1, 3),
+                     "timed_cpu_utilisation": round(cpu_s / metrics["elapsed_s"], 3),
+                     "weights": facts, **metrics})
+        print(f"{args.backend} {args.precision} batch {batch}: "
+              f"{metrics['throughput_samples_per_s']:.1f} samples/s", flush=True)
+        del forward
+        gc.collect()
+    return {"backend": args.backend, "precision": args.precision, "threads": args.threads,
+            "flops_per_sample": spec.flops_per_sample(), "pid": os.getpid(),
+            "versions": software_versions(args.backend), "runs": runs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--precision", required=True)
+    parser.add_argument("--preset", default="terabyte-small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--plan", required=True, help="JSON [[batch, warmup, steps], ...]")
+    parser.add_argument("--weights-cache", required=True)
+    parser.add_argument("--calibration-file")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = run_plan(args)
+    args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    from dlrm_bench.errors import UserError  # torch-free: the ISA env is not set yet
+
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"harness_worker: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
