@@ -121,4 +121,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"1-minute load average at the start of each run: median "
                   f"{statistics.median(loads):.2f}, max {max(loads):.2f} (on {m['logical_cpus']} "
                   "CPUs; above the thread count means other work shared the cores)."]
+    busy = [r["cpu_utilisation"] for r in doc["runs"] if r.get("cpu_utilisation")]
+    if busy:
+        lines += [f"CPU time / wall time of the single-process timed windows: median "
+                  f"{statistics.median(busy):.2f}, min {min(busy):.2f} (of "
+                  f"{doc['parameters']['threads']} threads; well below it means the benchmark "
+                  "did not have the cores to itself)."]
     return "\n".join(lines) + "\n"

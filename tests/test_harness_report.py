@@ -1,0 +1,53 @@
+"""benchmarks/harness_report.py: medians, per-repeat ratio spread, roofline, markdown."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from harness_report import markdown, summarise
+
+
+def _run(backend: str, repeat: int, rate: float, layout: str = "batch 2048") -> dict:
+    return {"backend": backend, "precision": "amx_int8", "layout": layout, "repeat": repeat,
+            "samples_per_s": rate, "latency_ms": {"p50": rate / 1000, "p99": rate / 500},
+            "loadavg_1m": 1.0}
+
+
+RUNS = [_run("native", 0, 1000.0), _run("ipex", 0, 2000.0), _run("native", 1, 1200.0),
+        _run("ipex", 1, 1500.0), _run("native", 2, 900.0), _run("ipex", 2, 1800.0),
+        {"backend": "ipex", "precision": "amx_int8", "layout": "batch 1", "repeat": 0,
+         "error": "exit 1: boom"}]
+PEAKS = {"amx_int8": {"peak_gflops": 1000.0, "best": "qlinear @2048"}}
+
+
+def test_summary_medians_ratio_spread_and_roofline() -> None:
+    rows = summarise(RUNS, PEAKS, flops_per_sample=1_000_000)
+    row = rows[0]
+    assert row["backends"]["native"]["samples_per_s_median"] == 1000.0
+    assert row["backends"]["ipex"]["samples_per_s_median"] == 1800.0
+    ratio = row["native_over_ipex"]
+    assert ratio["per_repeat"] == pytest.approx([0.5, 0.8, 0.5])
+    assert (ratio["min"], ratio["median"], ratio["max"]) == pytest.approx((0.5, 0.5, 0.8))
+    # 1000 samples/s x 1 MFLOP = 1 GFLOP/s of a 1000 GFLOP/s peak
+    assert row["backends"]["native"]["roofline_fraction"] == pytest.approx(1e-3)
+    assert rows[1]["errors"] == {"ipex": ["exit 1: boom"]} and "native_over_ipex" not in rows[1]
+
+
+def test_markdown_has_the_table_latency_peaks_and_failures() -> None:
+    doc = {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": ["amx_int8"],
+                       "logical_cpus": 2},
+           "parameters": {"preset": "tiny", "threads": 2, "repeats": 3,
+                          "backends": ["native", "ipex"]},
+           "venvs": {"native": {"torch": "2.13.0"},
+                     "ipex": {"torch": "2.8.0", "intel-extension-for-pytorch": "2.8.0"}},
+           "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": RUNS,
+           "summary": summarise(RUNS, PEAKS, 1_000_000)}
+    text = markdown(doc)
+    assert "| amx_int8 | batch 2048 | 1,000 | 1,800 | 0.500 [0.500–0.800] | 0.1% | 0.2% |" in text
+    assert "| amx_int8 | 1,000.0 | qlinear @2048 |" in text
+    assert "Failures: amx_int8 batch 1 ipex: exit 1: boom" in text
+    assert "IPEX 2.8.0" in text
