@@ -7,6 +7,8 @@ preset with a few steps; hugepages are really reserved during a run and put back
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +123,6 @@ def test_failed_benchmark_still_restores(ansible_playbook, ansible_workspace, an
     assert (collected / "launch.log").is_file(), "the failed host's logs were not collected"
 
 
-def test_failed_stage_alone_fails_at_once(ansible_playbook, ansible_workspace,
-                                          ansible_fast_vars) -> None:
-    """Run alone (not from run.yml), a failing stage fails the host immediately."""
-    extra = _vars(ansible_workspace, ansible_fast_vars, run_id="bad-steps",
-                  dlrm_benchmark_extra_args=["--steps", "0"])
-    deploy = ansible_playbook("playbooks/deploy.yml", extra=extra)
-    assert deploy.returncode == 0, deploy.explain()
-    run = ansible_playbook("playbooks/benchmark.yml", extra=extra)
-    assert run.returncode != 0, run.explain()
-    assert "benchmark failed" in run.stdout and "steps must be" in run.stdout
-
-
 def test_check_mode_runs_clean(ansible_playbook, tmp_path: Path, ansible_fast_vars,
                                hugepages_guard) -> None:
     extra = _vars(tmp_path, ansible_fast_vars)
@@ -143,26 +133,45 @@ def test_check_mode_runs_clean(ansible_playbook, tmp_path: Path, ansible_fast_va
     assert int(HUGEPAGES_NR.read_text()) == hugepages_guard
 
 
+def _criteo_on_controller(tmp_path: Path) -> Path:
+    """A small Criteo-like dataset (binary files, counts, raw day files) made by dlrm-bench."""
+    src = tmp_path / "criteo"
+    subprocess.run([str(Path(sys.executable).parent / "dlrm-bench"), "data", "synth", "--out",
+                    str(src), "--train-samples", "1024", "--test-samples", "256", "--raw",
+                    "--raw-days", "2"], check=True, capture_output=True)
+    return src
+
+
 def test_second_provision_and_deploy_change_nothing(ansible_playbook, ansible_workspace,
-                                                    ansible_fast_vars, hugepages_guard) -> None:
-    """Provision + deploy (with a generated dataset) twice: the second reports changed=0."""
-    extra = _vars(ansible_workspace, ansible_fast_vars, data_type="real",
-                  data_source="synthetic", synth_train_samples=2048, synth_test_samples=512)
+                                                    ansible_fast_vars, hugepages_guard,
+                                                    tmp_path: Path) -> None:
+    """Provision + deploy (data copied from the controller) twice: the second reports changed=0
+    and keeps the original hugepages value saved by the first; restore puts it back."""
+    src = _criteo_on_controller(tmp_path)
+    extra = _vars(ansible_workspace, ansible_fast_vars, data_type="real", data_source="copy",
+                  data_src=str(src))
+    root = ansible_workspace / "root"
     try:
         first = ansible_playbook("playbooks/provision.yml", "playbooks/deploy.yml", extra=extra)
         assert first.returncode == 0, first.explain()
         assert int(HUGEPAGES_NR.read_text()) == _expected_pages()
+        target = root / "data" / "copy-criteo"
+        assert (target / "terabyte_processed_train.bin").read_bytes() == \
+            (src / "terabyte_processed_train.bin").read_bytes()
+        files = json.loads((target / "manifest.json").read_text())["files"]
+        assert len(files["terabyte_processed_train.bin"]["sha256"]) == 64
         second = ansible_playbook("playbooks/provision.yml", "playbooks/deploy.yml", extra=extra)
         assert second.returncode == 0, second.explain()
         assert len(second.recaps) == 2
         assert second.changed() == 0, second.explain()
-        state = json.loads((ansible_workspace / "root" / "state" / "tune.json").read_text())
+        state = json.loads((root / "state" / "tune.json").read_text())
         saved = state["settings"][str(HUGEPAGES_NR)]["value"]
         assert saved == str(hugepages_guard), "the second provision overwrote the saved value"
     finally:
         restore = ansible_playbook("playbooks/restore.yml", extra=extra)
     assert restore.returncode == 0, restore.explain()
     assert int(HUGEPAGES_NR.read_text()) == hugepages_guard
+    assert not (root / "state" / "tune.json").exists()
 
 
 def test_amx_refused_on_a_host_without_amx(ansible_playbook, tmp_path: Path,
@@ -189,3 +198,38 @@ def test_invalid_parameters_fail_before_anything_runs(ansible_playbook, tmp_path
     assert message in run.stdout, run.explain()
     assert "dlrm_host_facts" not in run.stdout and "Gather the host facts" not in run.stdout
     assert not (tmp_path / "root").exists()
+
+
+def test_stage_playbooks_alone_on_raw_data(ansible_playbook, ansible_workspace,
+                                           ansible_fast_vars, tmp_path: Path) -> None:
+    """deploy.yml with data_source raw (day files preprocessed on the host), then benchmark.yml,
+    collect.yml and report.yml one by one (accuracy on that data); a failing benchmark.yml run
+    alone fails the host at once."""
+    src = _criteo_on_controller(tmp_path)
+    days = sorted(str(p) for p in (src / "raw").glob("day_*"))
+    root = ansible_workspace / "root"
+    extra = _vars(ansible_workspace, ansible_fast_vars, data_type="real", data_source="raw",
+                  data_raw=days, max_ind_range=10000, mode="accuracy", batch_size=16,
+                  run_id="raw-data-run")
+
+    raw = ansible_playbook("playbooks/deploy.yml", extra=extra)
+    assert raw.returncode == 0, raw.explain()
+    deployed = json.loads((root / "deploy.json").read_text())
+    assert deployed["data_source"] == "raw" and "preprocessed-" in deployed["data_dir"]
+    manifest = json.loads((Path(deployed["data_dir"]) / "manifest.json").read_text())
+    assert manifest["params"]["raw"] == days and manifest["params"]["max_ind_range"] == 10000
+
+    stages = ansible_playbook("playbooks/benchmark.yml", "playbooks/collect.yml",
+                              "playbooks/report.yml", extra=extra)
+    assert stages.returncode == 0, stages.explain()
+    assert "*Accuracy (%):" in stages.stdout
+    host_dir = ansible_workspace / "results" / "raw-data-run" / "localhost"
+    result = _instance_results(host_dir)[0]
+    assert result["config"]["data_dir"] == deployed["data_dir"]
+    assert result["metrics"]["auc"] is not None
+
+    failing = ansible_playbook("playbooks/benchmark.yml", extra={
+        **extra, "run_id": "bad-steps", "dlrm_benchmark_extra_args": ["--steps", "0"]})
+    assert failing.returncode != 0, failing.explain()
+    assert "benchmark failed" in failing.stdout and "steps must be" in failing.stdout
+    assert "failed=1" in failing.stdout.replace(" ", "")
