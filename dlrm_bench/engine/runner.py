@@ -49,10 +49,17 @@ def build(cfg: RunConfig, spec: ModelSpec) -> DLRM:
 
 
 def _calibration_file(cfg: RunConfig) -> Path | None:
+    """Where int8 calibration is read from (if present) or written to.
+
+    With a weights cache, instances share one calibration beside the shared weights, so the
+    cache key does not depend on each instance's own output directory.
+    """
     if not cfg.precision.endswith("int8"):
         return None
     if cfg.calibration_file:
         return Path(cfg.calibration_file)
+    if cfg.weights_cache and cfg.function == "inference":
+        return Path(cfg.weights_cache) / f"calibration-{cfg.backend}-{cfg.precision}.json"
     return Path(cfg.output) / "calibration.json" if cfg.output else None
 
 
@@ -84,7 +91,7 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
     facts: dict[str, Any] = {"weights": "private"}
     if cfg.weights_cache and cfg.function == "inference":
         identity = {**model_identity(cfg), "precision": cfg.precision,
-                    "calibration": str(calib_file) if calib_file else None}
+                    "calibration": cfg.calibration_file}
         if cfg.backend != "native":  # native keeps its keys: caches made before stay valid
             identity["backend"] = cfg.backend
         prepared, created = shared_weights(
