@@ -23,6 +23,7 @@ import torch
 from dlrm_bench.errors import UserError
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
+from dlrm_bench.results import write_failure
 
 _EMB_KEY = re.compile(r"^emb_l\.(\d+)\.weight$")
 _MLP_KEY = re.compile(r"^(bot_l|top_l)\.(\d+)\.(weight|bias)$")
@@ -161,6 +162,10 @@ def save_checkpoint(model: DLRM, path: str | os.PathLike[str], **bookkeeping: An
     try:
         torch.save(payload, tmp)
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:  # a full disk: one line, not torch's internals
+        reason = write_failure(exc, target.parent)
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {target}: {reason}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,18 +7,31 @@ Every command module exposes ``register(subparsers)`` and sets ``func`` on its p
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from dlrm_bench import __version__
 from dlrm_bench.errors import UserError
 
+# Storage failures reported as one line (exit 1): disk full, quota, read-only, too large, I/O.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
 COMMAND_MODULES = ("run", "cases", "data", "launch", "kpi", "cluster", "report", "compare")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (like a ``UserError``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("dlrm-bench").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"dlrm-bench: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dlrm-bench",
         description="DLRM (Criteo Terabyte) benchmark for Intel Xeon CPUs.",
     )
@@ -48,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:  # a full or read-only disk: one line, not a traceback
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dlrm-bench: error: cannot write {where}{exc.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -143,6 +143,17 @@ class ClusterKpi:
     config: dict[str, Any]
     hosts: list[HostKpi]
     metrics: dict[str, Any]
+    # Hosts the run was meant to cover that produced no results (unreachable, lost mid-run):
+    # the figures are then partial, and say so.
+    lost_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.lost_hosts)
+
+    @property
+    def partial_note(self) -> str:
+        return f"partial: lost hosts: {', '.join(self.lost_hosts)}" if self.lost_hosts else ""
 
     @property
     def key(self) -> tuple[str, float | None, str]:
@@ -163,6 +174,8 @@ class ClusterKpi:
         if label != "Throughput" and "throughput_samples_per_s" in self.metrics:
             total = self.metrics["throughput_samples_per_s"]
             extra.append(f"Throughput (samples/sec): {total:.3f}")
+        if self.partial:
+            extra.append(self.partial_note)
         return lines + (["", *extra] if extra else [])
 
     def kpi_block(self) -> str:
@@ -172,6 +185,7 @@ class ClusterKpi:
         label, value, unit = self.key
         return {"function": self.function, "mode": self.mode, "precision": self.precision,
                 "key_kpi": {"metric": label, "value": value, "unit": unit},
+                "partial": self.partial, "lost_hosts": list(self.lost_hosts),
                 "metrics": self.metrics, "hosts": [h.to_dict() for h in self.hosts]}
 
     def samples(self) -> list[dict[str, Any]]:
@@ -195,7 +209,10 @@ class ClusterKpi:
         meta = {**base, "level": "cluster", "host": "all", "instance": "all",
                 "hosts": len(self.hosts), "cores": cores, "key_kpi": label,
                 "instances": sum(len(h.instances) for h in self.hosts),
-                "status": "ok" if all(h.status == "ok" for h in self.hosts) else "failed"}
+                "status": "partial" if self.partial else
+                ("ok" if all(h.status == "ok" for h in self.hosts) else "failed")}
+        if self.partial:
+            meta["lost_hosts"] = ",".join(self.lost_hosts)
         stamp = max((s["timestamp"] for s in out), default=time.time())
         out.extend(_metric_samples(self.metrics, meta, stamp))
         return out
@@ -293,8 +310,11 @@ def _instance_order(name: str) -> tuple[int, str]:
     return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
 
 
-def rollup(dirs: Sequence[str | Path]) -> ClusterKpi:
-    """Roll up one or many host run dirs (or parents of host dirs) into cluster KPIs."""
+def rollup(dirs: Sequence[str | Path], expected_hosts: Sequence[str] = ()) -> ClusterKpi:
+    """Roll up one or many host run dirs (or parents of host dirs) into cluster KPIs.
+
+    ``expected_hosts``: every host the run was meant to cover (inventory names, the launcher's
+    ``--host-label``); those without results are the cluster's ``lost_hosts`` (partial KPI)."""
     host_dirs: list[Path] = []
     for d in dirs:
         path = Path(d)
@@ -318,12 +338,14 @@ def rollup(dirs: Sequence[str | Path]) -> ClusterKpi:
         raise UserError(f"cannot roll up runs of different kinds together: {shown}")
     config = configs[0] if configs else {}
     ok_metrics = [i.metrics for h in hosts for i in h.ok_instances]
+    found = {h.host for h in hosts} | {Path(h.path).name for h in hosts}
+    lost = [h for h in dict.fromkeys(expected_hosts) if h and h not in found]
     return ClusterKpi(
         function=str(config.get("function", "inference")),
         mode=str(config.get("mode", "throughput")),
         precision=str(config.get("precision", "")),
         config=run_parameters(config),
-        hosts=hosts, metrics=merge_metrics(ok_metrics))
+        hosts=hosts, metrics=merge_metrics(ok_metrics), lost_hosts=lost)
 
 
 def default_jsonl_path(dirs: Sequence[str | Path]) -> Path:

@@ -46,6 +46,7 @@ from typing import Any
 from dlrm_bench import kpi
 from dlrm_bench.errors import UserError
 from dlrm_bench.orchestrate_events import HostState, ProgressTracker
+from dlrm_bench.safety import check_name, check_root
 
 PLAYBOOK = "run.yml"
 RESTORE_PLAYBOOK = "playbooks/restore.yml"
@@ -112,6 +113,19 @@ def resolve_inventory(inventory: str | os.PathLike[str] | dict[str, Any] | None,
     if "," in str(inventory):  # an Ansible host list: "host1,host2,"
         return str(inventory)
     raise UserError(f"inventory {inventory} not found (also looked in {playbook_dir})")
+
+
+def check_paths(run_id: str | None, results_dir: str | os.PathLike[str] | None,
+                params: dict[str, Any]) -> None:
+    """Refuse, before anything runs, a run id or a directory that could point a delete or an
+    overwrite outside the project's directories (``dlrm_bench.safety``; preflight asserts the
+    same for ``-e`` on the command line)."""
+    if run_id:
+        check_name("run_id", run_id)
+    if results_dir:
+        check_root("results_dir", results_dir, resolve=True)
+    if isinstance(params.get("dlrm_root"), str):
+        check_root("dlrm_root", params["dlrm_root"])
 
 
 def new_run_id() -> str:
@@ -253,9 +267,10 @@ def _collect(runner: Any, tracker: ProgressTracker, run_id: str, run_dir: Path,
     states = {h.host: h for h in tracker.snapshot()}
     errors = {h: s.error for h, s in states.items() if s.error and (h in failed or h in dark)}
     cluster = None
+    expected = sorted(set(stats.get("processed") or {}) | set(failed) | set(dark))
     if run_dir.is_dir() and kpi.find_host_dirs(run_dir):
         try:
-            cluster = kpi.rollup([run_dir])
+            cluster = kpi.rollup([run_dir], expected_hosts=expected)
         except UserError as exc:
             errors.setdefault("(results)", str(exc))
     hosts = {h.host: h for h in cluster.hosts} if cluster else {}
@@ -297,6 +312,7 @@ def run_benchmark(inventory: str | os.PathLike[str] | dict[str, Any] | None = No
         print(result.cluster.kpi_block())   # the seed's Key KPI block, summed over the hosts
     """
     _require_runner()
+    check_paths(run_id, results_dir, params)
     pdir = find_playbook_dir(playbook_dir)
     inv = resolve_inventory(inventory, pdir)
     run_id = run_id or new_run_id()
@@ -350,6 +366,7 @@ def run_benchmark_async(inventory: str | os.PathLike[str] | dict[str, Any] | Non
     ``BenchmarkResult`` (status "canceled" after a cancel). Arguments: as ``run_benchmark``.
     """
     _require_runner()
+    check_paths(kwargs.get("run_id"), kwargs.get("results_dir"), kwargs)
     handle = BenchmarkHandle()
     pdir = find_playbook_dir(kwargs.get("playbook_dir"))  # bad input fails here, not later
     resolve_inventory(inventory, pdir)

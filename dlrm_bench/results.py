@@ -45,6 +45,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
+def write_failure(exc: BaseException, directory: str | os.PathLike[str]) -> str:
+    """Why a write into ``directory`` failed, in words: the OS error, or (for writers such as
+    ``torch.save`` that report a short write as a RuntimeError) a full disk when it is full."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    try:
+        stat = os.statvfs(directory)
+        if stat.f_bavail * stat.f_frsize < 1024 * 1024:
+            return f"No space left on device ({stat.f_bavail * stat.f_frsize // 1024} kB free)"
+    except OSError:
+        pass
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 

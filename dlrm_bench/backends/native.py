@@ -42,6 +42,7 @@ from dlrm_bench.cpu import check_supported, isa_mismatches
 from dlrm_bench.errors import UserError
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
+from dlrm_bench.results import write_failure
 
 PREPARED_FORMAT = "dlrm-bench-prepared"
 PREPARED_VERSION = 1
@@ -250,6 +251,8 @@ def save_prepared(prepared: PreparedModel, path: Path) -> None:
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: one line, not torch's internals
+        raise UserError(f"cannot write {path}: {write_failure(exc, path.parent)}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

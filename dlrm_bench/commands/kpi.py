@@ -21,6 +21,9 @@ def register(subparsers: Any) -> None:
                    help="where to write the samples (default: DIR/results.jsonl, or the dirs' "
                         "common parent)")
     p.add_argument("--no-table", action="store_true", help="print only the Key KPI block")
+    p.add_argument("--expect-hosts", metavar="H1,H2", default="",
+                   help="every host the run covered: those without results are named and the "
+                        "KPI is marked partial")
     p.set_defaults(func=main)
 
 
@@ -56,7 +59,8 @@ def render_table(cluster: kpi.ClusterKpi) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    cluster = kpi.rollup(args.dirs)
+    expected = [h.strip() for h in args.expect_hosts.split(",") if h.strip()]
+    cluster = kpi.rollup(args.dirs, expected_hosts=expected)
     print(cluster.kpi_block(), end="")
     if not args.no_table:
         from rich.console import Console
@@ -65,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
         console = Console(width=None if wide else 120)
         console.print()
         console.print(render_table(cluster))
+    if cluster.partial:
+        print(f"dlrm-bench kpi: {cluster.partial_note}", file=sys.stderr)
     for host in cluster.hosts:
         for note in host.notes:
             print(f"dlrm-bench kpi: {host.host}: {note}", file=sys.stderr)

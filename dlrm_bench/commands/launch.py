@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from dlrm_bench import config, launcher, topology
+from dlrm_bench.cli import OneLineParser
 from dlrm_bench.config import parse_bool
 from dlrm_bench.errors import UserError
+from dlrm_bench.safety import check_name, check_root
 from dlrm_bench.supervisor import InstanceStatus, Progress
 
 RESERVED = ("--instance-id", "--barrier-dir")  # the launcher sets these for each instance
 
 
-class _ForwardingParser(argparse.ArgumentParser):
+class _ForwardingParser(OneLineParser):
     """Keeps the arguments it does not know (``run``'s flags) in ``run_args``, in order."""
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
@@ -104,6 +106,14 @@ def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
             raise UserError(f"{flag} is set by the launcher for each instance; do not pass it")
     cfg = run_config(run_args)
     function, mode = cfg.function, cfg.mode
+    if cfg.backend == "native":  # the host's CPU flags: one line here, not one per instance
+        from dlrm_bench.cpu import check_supported
+
+        check_supported(cfg.precision, function)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"threads must be > 0, got {args.threads}")
+    if args.barrier_timeout <= 0:
+        raise UserError(f"barrier timeout must be > 0, got {args.barrier_timeout:g}")
     cpi = args.cores_per_instance if args.cores_per_instance is not None \
         else _env_int("CORES_PER_INSTANCE")
     count = args.instances if args.instances is not None else _env_int("INSTANCE_NUMBER")
@@ -117,9 +127,11 @@ def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
                         "--no-weight-sharing (WEIGHT_SHARING=False)")
     topo = topology.detect()
     slots = launcher.plan_layout(topo, function, mode, cpi, count)
-    host = args.host_label or socket.gethostname()
+    host = check_name("--host-label", args.host_label) if args.host_label \
+        else socket.gethostname()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Path(args.output or Path("runs") / f"{stamp}-{host}").absolute()
+    check_root("--output", run_dir, resolve=True)
     if not args.dry_run and ((run_dir / "host_result.json").exists()
                              or any(run_dir.glob("instance-*"))):
         raise UserError(f"{run_dir} already holds a run; pass a new --output")
@@ -187,7 +199,7 @@ class LiveProgress(Progress):
 def launch(argv: Sequence[str], progress: Progress | None = None) -> tuple[int, dict[str, Any]]:
     """Python entry: ``launch(["--instances", "2", "--preset", "tiny", ...])`` -> (exit code,
     host result); the same arguments as the CLI (launcher flags plus forwarded run flags)."""
-    parser = argparse.ArgumentParser(prog="dlrm-bench", allow_abbrev=False)
+    parser = OneLineParser(prog="dlrm-bench", allow_abbrev=False)
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["launch", *argv])
     plan = make_plan(args)

@@ -71,6 +71,10 @@ def _command(args: argparse.Namespace) -> int:
     from dlrm_bench.results import atomic_write_json
 
     cfg = config.resolve(flags_of(args))
+    if cfg.output:
+        from dlrm_bench.safety import check_root
+
+        check_root("--output", cfg.output, resolve=True)
     try:
         result = execute(cfg)
     except MemoryError:

@@ -145,7 +145,23 @@ def open_split(
     path = split_path(data_dir, split)
     check_record_file(path)
     sizes = read_table_sizes(data_dir) if table_sizes is None else table_sizes
-    return RecordFile(path, sizes, batch_size=batch_size, drop_last=drop_last)
+    records = RecordFile(path, sizes, batch_size=batch_size, drop_last=drop_last)
+    check_labels(records)
+    return records
+
+
+LABEL_PROBE = 4096  # records whose labels open_split checks (cheap: one page-cached read)
+
+
+def check_labels(records: RecordFile, probe: int = LABEL_PROBE) -> None:
+    """A file of another record size or format can still be a multiple of 160 bytes long; its
+    "labels" are then not 0/1. Refuse it in one line before it is benchmarked as garbage."""
+    labels = np.asarray(records.data[:probe, 0])
+    bad = int(np.count_nonzero((labels != 0) & (labels != 1)))
+    if bad:
+        raise UserError(
+            f"{records.path}: {bad} of the first {len(labels)} records have a label other than "
+            f"0 or 1: not a file of {RECORD_INTS} x int32 records (wrong record size or format?)")
 
 
 def _check_dir(data_dir: str | os.PathLike[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -24,15 +25,22 @@ class RunLog:
 
     def __init__(self, output: str | None) -> None:
         self._file: IO[str] | None = None
-        if output:
-            Path(output).mkdir(parents=True, exist_ok=True)
-            self._file = (Path(output) / "run.log").open("w", encoding="utf-8")
+        self.path = Path(output) / "run.log" if output else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
 
     def line(self, text: str) -> None:
         print(text, flush=True)
         if self._file:
-            self._file.write(text + "\n")
-            self._file.flush()
+            try:
+                self._file.write(text + "\n")
+                self._file.flush()
+            except OSError as exc:  # e.g. a full disk: name the file, do not fail again on close
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def echo_parameters(self, cfg: RunConfig, extra: dict[str, Any]) -> None:
         for name, attr in ECHO:
