@@ -18,7 +18,8 @@ from dlrm_bench.errors import UserError
 
 # Storage failures reported as one line (exit 1): disk full, quota, read-only, too large, I/O.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
-COMMAND_MODULES = ("run", "cases", "data", "launch", "kpi", "cluster", "report", "compare")
+COMMAND_MODULES = ("run", "cases", "suite", "data", "launch", "kpi", "cluster", "report",
+                   "compare")
 
 
 class OneLineParser(argparse.ArgumentParser):
