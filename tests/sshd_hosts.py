@@ -82,7 +82,8 @@ class SshHost:
     def ssh_args(self) -> list[str]:
         return ["ssh", "-i", str(self.key_file), "-p", str(self.port),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"root@{self.address}"]
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+                f"root@{self.address}"]
 
     def run(self, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a shell command on the host over SSH."""
@@ -170,14 +171,18 @@ class SshdHosts:
         for host in self.hosts:
             self._wait_ready(host)
 
-    def _wait_ready(self, host: SshHost, timeout: float = 30) -> None:
+    def _wait_ready(self, host: SshHost, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if host.process is not None and host.process.poll() is not None:
                 raise RuntimeError(f"sshd for {host.address}:{host.port} exited: "
                                    f"{host.log.read_text(errors='replace')}")
-            result = host.run("true", timeout=10)
+            try:
+                result = host.run("true", timeout=15)
+            except subprocess.TimeoutExpired:  # a loaded machine: try again until the deadline
+                last = "ssh timed out"
+                continue
             if result.returncode == 0:
                 return
             last = result.stderr.strip()
