@@ -119,6 +119,14 @@ def spec_from_state_dict(
             f"{source}: bot_l ends at width {spec.bottom_mlp[-1]}, the tables have width {dim}"
         )
     if widths["top_l"][0] != spec.interaction_width:
+        # A top MLP sized for more tables than present means the last tables' keys are missing.
+        for n in range(len(tables) + 1, 1024):
+            width = dim + (n + 1) * n // 2
+            if width == widths["top_l"][0]:
+                raise UserError(f"{source}: missing key emb_l.{len(tables)}.weight "
+                                f"(top_l.0.weight is sized for {n} tables)")
+            if width > widths["top_l"][0]:
+                break
         raise UserError(
             f"{source}: top_l.0.weight takes {widths['top_l'][0]} inputs, "
             f"{len(tables)} tables of width {dim} give {spec.interaction_width}"
