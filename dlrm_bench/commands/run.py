@@ -34,7 +34,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--save-checkpoint", help="where training accuracy mode saves the model")
     r = parser.add_argument_group("execution")
     r.add_argument("--threads", help="intra-op threads (default: the CPUs this process may use)")
-    r.add_argument("--backend", help="native (stock PyTorch)")
+    r.add_argument("--backend",
+                   help="native (stock PyTorch, default) | ipex (needs make ipex-venv)")
     r.add_argument("--output", help="directory for run.log and result.json")
     r.add_argument("--instance-id", help=argparse.SUPPRESS)
     r.add_argument("--barrier-dir", help=argparse.SUPPRESS)
