@@ -16,6 +16,11 @@ from typing import Any
 
 import pytest
 
+# torch._dynamo registers replacements for builtins such as sys.intern when first imported; Ansible
+# (imported in-process by the orchestration and role tests) replaces sys.intern with a callable
+# object, after which that registration raises TypeError. Import dynamo before any Ansible code.
+import torch._dynamo  # noqa: F401
+
 ANSIBLE_REPO = Path(__file__).resolve().parent.parent
 ANSIBLE_BIN = Path(sys.executable).parent
 HUGEPAGES_NR = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
