@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 # ---------------------------------------------------- Ansible (tests/test_ansible_*.py)
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -111,15 +113,39 @@ def ansible_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ansible-workspace")
 
 
+HUGEPAGES_LOCK = Path("/tmp/dlrm-bench-tests-hugepages.lock")
+
+
+@contextlib.contextmanager
+def host_tuning_lock() -> Iterator[None]:
+    """Serialise tests that change this machine's hugepages (sysfs is global: two test sessions
+    tuning it at once would each see the other's value)."""
+    with open(HUGEPAGES_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def hugepages_guard() -> Iterator[int]:
-    """The 2 MiB hugepage count before the test; put back afterwards whatever happened."""
+    """The 2 MiB hugepage count before the test (taken under ``host_tuning_lock``); put back
+    afterwards whatever happened."""
     if not HUGEPAGES_NR.exists():
         pytest.skip("no 2 MiB hugepage pool")
-    before = int(HUGEPAGES_NR.read_text())
-    yield before
-    if int(HUGEPAGES_NR.read_text()) != before:
-        HUGEPAGES_NR.write_text(str(before))
+    with host_tuning_lock():
+        before = int(HUGEPAGES_NR.read_text())
+        yield before
+        if int(HUGEPAGES_NR.read_text()) != before:
+            HUGEPAGES_NR.write_text(str(before))
+
+
+@pytest.fixture
+def host_tuning_serialised() -> Iterator[None]:
+    """Hold ``host_tuning_lock`` for the test (e.g. the tune role's molecule scenario)."""
+    with host_tuning_lock():
+        yield
 
 
 @pytest.fixture

@@ -157,6 +157,9 @@ class SshdHosts:
                 "MaxStartups 200",
                 "MaxSessions 50",
                 "LogLevel ERROR",
+                # hermetic sessions: with SHLVL set, bash does not source root's ~/.bashrc for an
+                # ssh command (a pyenv init there can block a minute on a stale rehash lock)
+                "SetEnv SHLVL=1",
                 f"Subsystem sftp {sftp}",
                 "",
             ]))

@@ -32,7 +32,9 @@ def test_every_role_has_a_scenario() -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_molecule(role: str) -> None:
+def test_molecule(role: str, request: pytest.FixtureRequest) -> None:
+    if role == "tune":  # it changes this machine's hugepages
+        request.getfixturevalue("host_tuning_serialised")
     proc = subprocess.run([str(BIN / "molecule"), "test", "-s", "default"],
                           cwd=REPO / "roles" / role, env=_env(), capture_output=True, text=True,
                           timeout=840, check=False)
