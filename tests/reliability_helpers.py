@@ -139,7 +139,13 @@ def start_sshd(host: Any, timeout: float = 30) -> None:
     with open(host.log, "ab") as out:
         host.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(host.config)], stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if not wait_until(lambda: host.run("true", timeout=10).returncode == 0, timeout, 0.3):
+    def answers() -> bool:
+        try:
+            return host.run("true", timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    if not wait_until(answers, timeout, 0.3):
         raise RuntimeError(f"sshd of {host.name} did not come back")
 
 
