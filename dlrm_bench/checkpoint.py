@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from dlrm_bench.errors import UserError
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
-from dlrm_bench.results import write_failure
+from dlrm_bench.results import atomic_torch_save
 
 _EMB_KEY = re.compile(r"^emb_l\.(\d+)\.weight$")
 _MLP_KEY = re.compile(r"^(bot_l|top_l)\.(\d+)\.(weight|bias)$")
@@ -162,19 +161,5 @@ def checkpoint_spec(path: str | os.PathLike[str]) -> ModelSpec:
 
 def save_checkpoint(model: DLRM, path: str | os.PathLike[str], **bookkeeping: Any) -> Path:
     """Write ``{"state_dict": ..., **bookkeeping}`` atomically in the reference layout."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"state_dict": model.state_dict(), **bookkeeping}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:  # a full disk: one line, not torch's internals
-        reason = write_failure(exc, target.parent)
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint {target}: {reason}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_torch_save(payload, path, what="checkpoint ")

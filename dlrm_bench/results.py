@@ -45,6 +45,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
+def atomic_torch_save(payload: Any, path: str | os.PathLike[str], what: str = "") -> Path:
+    """``torch.save`` to a temp file beside ``path``, then rename: never a half-written file.
+
+    A failed write (a full disk) is one ``UserError`` line: ``cannot write <what><path>: why``.
+    """
+    import torch  # deferred: this module is imported by commands that must not load torch
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
+        raise UserError(f"cannot write {what}{target}: {write_failure(exc, target.parent)}") \
+            from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
 def write_failure(exc: BaseException, directory: str | os.PathLike[str]) -> str:
     """Why a write into ``directory`` failed, in words: the OS error, or (for writers such as
     ``torch.save`` that report a short write as a RuntimeError) a full disk when it is full."""

@@ -42,7 +42,6 @@ table quantization (int8 tables are then private to each instance, as with IPEX 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +54,7 @@ from dlrm_bench.cpu import check_supported
 from dlrm_bench.errors import UserError
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
+from dlrm_bench.results import atomic_torch_save
 
 PREPARED_FORMAT = "dlrm-bench-ipex-prepared"
 PREPARED_VERSION = 1
@@ -186,12 +186,7 @@ def save_prepared(prepared: IpexPrepared, path: Path) -> None:
     payload = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION,
                "precision": prepared.precision, "model": im.model_identity(prepared.spec),
                "state": prepared.state, "calibration": prepared.calibration}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
 
 
 def load_prepared(path: Path, mmap: bool = True) -> IpexPrepared:

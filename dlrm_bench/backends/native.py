@@ -25,7 +25,6 @@ tables from the page cache without copying them, so instances on a host share on
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,7 +41,7 @@ from dlrm_bench.cpu import check_supported, isa_mismatches
 from dlrm_bench.errors import UserError
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
-from dlrm_bench.results import write_failure
+from dlrm_bench.results import atomic_torch_save
 
 PREPARED_FORMAT = "dlrm-bench-prepared"
 PREPARED_VERSION = 1
@@ -247,14 +246,7 @@ def save_prepared(prepared: PreparedModel, path: Path) -> None:
     payload = {"format": PREPARED_FORMAT, "version": PREPARED_VERSION,
                "precision": prepared.precision, "model": q8.model_identity(prepared.spec),
                "state": prepared.state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # a full disk: one line, not torch's internals
-        raise UserError(f"cannot write {path}: {write_failure(exc, path.parent)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
 
 
 def load_prepared(path: Path, mmap: bool = True) -> PreparedModel:
