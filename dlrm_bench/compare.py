@@ -165,8 +165,10 @@ def load_jsonl(path: Path) -> RunData:
             meta, name, value = sample["metadata"], sample["metric"], float(sample["value"])
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{path}:{number}: not a dlrm-bench sample") from None
-        snap = snaps.setdefault(int(meta.get("repeat") or 0), Snapshot({}, {}, {}))
         level, host = meta.get("level"), str(meta.get("host"))
+        if level == "run":  # a repeated run's combined figures: the repeats' own come apart
+            continue
+        snap = snaps.setdefault(int(meta.get("repeat") or 0), Snapshot({}, {}, {}))
         if level == "cluster":
             snap.cluster[name] = value
             config = config or {k: v for k, v in meta.items() if k not in (

@@ -3,7 +3,9 @@
 Layout read: a host run dir holds ``host_result.json`` (written by ``dlrm-bench launch``) and
 ``instance-K/result.json``; a single ``dlrm-bench run --output DIR`` (``DIR/result.json``) counts
 as a host with one instance; any other directory is searched for host dirs below it (for example
-``results/<run-id>/<host>/``).
+``results/<run-id>/<host>/``). A run measured several times (the pipeline's ``repeats``) holds
+``repeat-N/`` host dirs (``results/<run-id>/<host>/repeat-N/``): each repeat is rolled up on its
+own, and the run's figures combine them (see ``combine_repeats``).
 
 Rules:
 - throughput is the sum over the instances that finished ok, per host and over the cluster;
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import statistics
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ KPI_RULE = "#" + "=" * 48
 HOST_RESULT = "host_result.json"
 INSTANCE_GLOB = "instance-*/result.json"
 # Per-instance plumbing in result.json's config: not a parameter of the benchmark.
+REPEAT_DIR = re.compile(r"^repeat-(\d+)$")
 PER_INSTANCE_KEYS = ("output", "instance_id", "barrier_dir", "barrier_timeout", "weights_cache",
                      "extra")
 
@@ -108,6 +113,7 @@ class InstanceKpi:
     metrics: dict[str, Any]
     timestamp: float
     path: str
+    repeat: int | None = None  # set in a repeated run's combined hosts
 
     def to_dict(self) -> dict[str, Any]:
         metrics = {k: v for k, v in self.metrics.items() if k != "latencies_ms"}
@@ -129,6 +135,12 @@ class HostKpi:
     def ok_instances(self) -> list[InstanceKpi]:
         return [i for i in self.instances if i.status == "ok"]
 
+    @property
+    def cores(self) -> int | None:
+        """Cores of the host's instances (of one repeat, in a repeated run)."""
+        first = self.instances[0].repeat if self.instances else None
+        return sum(i.cores or 0 for i in self.instances if i.repeat == first) or None
+
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "path": self.path, "status": self.status,
                 "metrics": self.metrics, "notes": self.notes,
@@ -146,6 +158,9 @@ class ClusterKpi:
     # Hosts the run was meant to cover that produced no results (unreachable, lost mid-run):
     # the figures are then partial, and say so.
     lost_hosts: list[str] = field(default_factory=list)
+    # A repeated run: the rollup of each repeat (``repeat`` set on each), which this one combines.
+    repeats: list[ClusterKpi] = field(default_factory=list)
+    repeat: int | None = None
 
     @property
     def partial(self) -> bool:
@@ -174,6 +189,13 @@ class ClusterKpi:
         if label != "Throughput" and "throughput_samples_per_s" in self.metrics:
             total = self.metrics["throughput_samples_per_s"]
             extra.append(f"Throughput (samples/sec): {total:.3f}")
+        if self.repeats:
+            values = [r.key[1] for r in self.repeats]
+            shown_values = ", ".join("nan" if v is None else f"{v:.3f}" for v in values)
+            rsd = self.metrics.get("key_kpi_rsd")
+            spread = "" if rsd is None else f"; relative stdev {100.0 * rsd:.2f} %"
+            extra.append(f"Repeats: {len(values)} (the key figure is their mean; per repeat: "
+                         f"{shown_values}{spread})")
         if self.partial:
             extra.append(self.partial_note)
         return lines + (["", *extra] if extra else [])
@@ -186,10 +208,30 @@ class ClusterKpi:
         return {"function": self.function, "mode": self.mode, "precision": self.precision,
                 "key_kpi": {"metric": label, "value": value, "unit": unit},
                 "partial": self.partial, "lost_hosts": list(self.lost_hosts),
-                "metrics": self.metrics, "hosts": [h.to_dict() for h in self.hosts]}
+                "metrics": self.metrics, "hosts": [h.to_dict() for h in self.hosts],
+                "repeats": [{"repeat": r.repeat, "key_kpi": r.key[1], "partial": r.partial,
+                             "metrics": r.metrics} for r in self.repeats]}
 
     def samples(self) -> list[dict[str, Any]]:
-        """PerfKitBenchmarker-style samples for every instance, every host and the cluster."""
+        """PerfKitBenchmarker-style samples for every instance, every host and the cluster.
+
+        A repeated run gives each repeat's samples (``metadata.repeat``: its index), then the
+        combined figures at ``level: run`` (with ``repeats``: how many)."""
+        if self.repeats:
+            out = []
+            for rep in self.repeats:
+                for sample in rep.samples():
+                    sample["metadata"]["repeat"] = rep.repeat
+                    out.append(sample)
+            meta = {**run_parameters(self.config), "level": "run", "host": "all",
+                    "instance": "all", "hosts": len(self.hosts), "key_kpi": self.key[0],
+                    "repeats": len(self.repeats),
+                    "status": "partial" if self.partial else
+                    ("ok" if all(h.status == "ok" for h in self.hosts) else "failed")}
+            if self.metrics.get("key_kpi_rsd") is not None:
+                meta["key_kpi_rsd"] = self.metrics["key_kpi_rsd"]
+            stamp = max((s["timestamp"] for s in out), default=time.time())
+            return out + _metric_samples(self.metrics, meta, stamp)
         base = run_parameters(self.config)
         out: list[dict[str, Any]] = []
         for host in self.hosts:
@@ -199,13 +241,13 @@ class ClusterKpi:
                         "instance": inst.instance, "cores": inst.cores, "cpus": inst.cpus,
                         "nodes": inst.nodes, "status": inst.status}
                 out.extend(_metric_samples(inst.metrics, meta, inst.timestamp))
-            cores = sum(i.cores or 0 for i in host.instances) or None
+            cores = host.cores
             meta = {**base, "level": "host", "host": host.host, "instance": "all",
                     "instances": len(host.instances), "cores": cores, "status": host.status}
             stamp = max((i.timestamp for i in host.instances), default=time.time())
             out.extend(_metric_samples(host.metrics, meta, stamp))
         label = self.key[0]
-        cores = sum(i.cores or 0 for h in self.hosts for i in h.instances) or None
+        cores = sum(h.cores or 0 for h in self.hosts) or None
         meta = {**base, "level": "cluster", "host": "all", "instance": "all",
                 "hosts": len(self.hosts), "cores": cores, "key_kpi": label,
                 "instances": sum(len(h.instances) for h in self.hosts),
@@ -292,7 +334,7 @@ def load_host(path: Path) -> HostKpi:
                 timestamp=time.time(), path=str(path / f"instance-{inst_id}")))
     if not instances:
         raise UserError(f"no results in {path} (expected {HOST_RESULT} or {INSTANCE_GLOB})")
-    name = host_name or path.name or socket.gethostname()
+    name = host_name or host_dir_name(path) or socket.gethostname()
     for inst in instances:
         inst.host = name
     ok = [i for i in instances if i.status == "ok"]
@@ -305,6 +347,20 @@ def load_host(path: Path) -> HostKpi:
                    notes)
 
 
+def repeat_of(path: Path) -> int | None:
+    """The repeat index of a host dir ``repeat-N/`` or ``repeat-N/<host>/``, else None."""
+    for name in (path.name, path.parent.name):
+        match = REPEAT_DIR.match(name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def host_dir_name(path: Path) -> str:
+    """The host's directory name: ``<host>`` of ``<host>/`` and of ``<host>/repeat-N/``."""
+    return path.parent.name if repeat_of(path) is not None else path.name
+
+
 def _instance_order(name: str) -> tuple[int, str]:
     suffix = name.removeprefix("instance-")
     return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
@@ -314,7 +370,9 @@ def rollup(dirs: Sequence[str | Path], expected_hosts: Sequence[str] = ()) -> Cl
     """Roll up one or many host run dirs (or parents of host dirs) into cluster KPIs.
 
     ``expected_hosts``: every host the run was meant to cover (inventory names, the launcher's
-    ``--host-label``); those without results are the cluster's ``lost_hosts`` (partial KPI)."""
+    ``--host-label``); those without results are the cluster's ``lost_hosts`` (partial KPI).
+    Host dirs named ``repeat-N`` are grouped by N: one repeat is rolled up as it is, several are
+    rolled up each and combined (``combine_repeats``)."""
     host_dirs: list[Path] = []
     for d in dirs:
         path = Path(d)
@@ -324,11 +382,28 @@ def rollup(dirs: Sequence[str | Path], expected_hosts: Sequence[str] = ()) -> Cl
         if not found:
             raise UserError(f"no results in {path} (expected {HOST_RESULT} or {INSTANCE_GLOB})")
         host_dirs.extend(p for p in found if p not in host_dirs)
+    groups: dict[int | None, list[Path]] = {}
+    for p in host_dirs:
+        groups.setdefault(repeat_of(p), []).append(p)
+    if len(groups) == 1:
+        [(index, paths)] = groups.items()
+        cluster = _rollup_hosts(paths, expected_hosts)
+        cluster.repeat = index
+        return cluster
+    repeats = []
+    for index in sorted(groups, key=lambda k: -1 if k is None else k):
+        cluster = _rollup_hosts(groups[index], expected_hosts)
+        cluster.repeat = 0 if index is None else index
+        repeats.append(cluster)
+    return combine_repeats(repeats)
+
+
+def _rollup_hosts(host_dirs: Sequence[Path], expected_hosts: Sequence[str]) -> ClusterKpi:
     hosts = [load_host(p) for p in host_dirs]
     names = [h.host for h in hosts]
     for h in hosts:  # loopback hosts share a hostname: tell them apart by their directory
         if names.count(h.host) > 1:
-            h.host = f"{h.host}:{Path(h.path).name}"
+            h.host = f"{h.host}:{host_dir_name(Path(h.path))}"
             for inst in h.instances:
                 inst.host = h.host
     configs = [i.config for h in hosts for i in h.instances if i.config]
@@ -338,7 +413,7 @@ def rollup(dirs: Sequence[str | Path], expected_hosts: Sequence[str] = ()) -> Cl
         raise UserError(f"cannot roll up runs of different kinds together: {shown}")
     config = configs[0] if configs else {}
     ok_metrics = [i.metrics for h in hosts for i in h.ok_instances]
-    found = {h.host for h in hosts} | {Path(h.path).name for h in hosts}
+    found = {h.host for h in hosts} | {host_dir_name(Path(h.path)) for h in hosts}
     lost = [h for h in dict.fromkeys(expected_hosts) if h and h not in found]
     return ClusterKpi(
         function=str(config.get("function", "inference")),
@@ -346,6 +421,62 @@ def rollup(dirs: Sequence[str | Path], expected_hosts: Sequence[str] = ()) -> Cl
         precision=str(config.get("precision", "")),
         config=run_parameters(config),
         hosts=hosts, metrics=merge_metrics(ok_metrics), lost_hosts=lost)
+
+
+def combine_metrics(mode: str, per_repeat: Sequence[dict[str, Any]],
+                    instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One figure over repeats: throughput = the mean of the repeats' throughputs (each a sum
+    over instances); latency percentiles from all repeats' merged raw latencies; AUC and the
+    like the mean over every instance. ``key_kpi_rsd``: the relative standard deviation of the
+    key KPI over the repeats (the run-to-run spread), with the per-repeat values alongside."""
+    merged = merge_metrics(instances)
+    merged["instances"] = max((m.get("instances", 0) for m in per_repeat), default=0)
+    merged["repeats"] = len(per_repeat)
+    throughputs = [float(m["throughput_samples_per_s"]) for m in per_repeat
+                   if m.get("throughput_samples_per_s") is not None]
+    if throughputs:
+        merged["throughput_samples_per_s"] = statistics.fmean(throughputs)
+        merged["throughput_repeats"] = throughputs
+    keys = [v for v in (key_kpi(mode, m)[1] for m in per_repeat) if v is not None]
+    if len(keys) > 1 and statistics.fmean(keys):
+        merged["key_kpi_rsd"] = statistics.stdev(keys) / abs(statistics.fmean(keys))
+    return merged
+
+
+def combine_repeats(repeats: Sequence[ClusterKpi]) -> ClusterKpi:
+    """The run's figures from its repeats' rollups: per host and for the cluster, as
+    ``combine_metrics`` says; a host's instances are those of every repeat, named
+    ``<instance>/r<repeat>``; a host is failed when it failed in any repeat, and lost when it
+    was lost in any."""
+    first = repeats[0]
+    kinds = {(r.function, r.mode, r.precision) for r in repeats if r.config}
+    if len(kinds) > 1:
+        shown = ", ".join(sorted("_".join(k) for k in kinds))
+        raise UserError(f"cannot combine repeats of different kinds: {shown}")
+    hosts: dict[str, list[tuple[int, HostKpi]]] = {}
+    for rep in repeats:
+        for h in rep.hosts:
+            hosts.setdefault(h.host, []).append((rep.repeat or 0, h))
+    combined_hosts = []
+    for name, reps in hosts.items():
+        instances = [replace(i, instance=f"{i.instance}/r{index}", repeat=index)
+                     for index, h in reps for i in h.instances]
+        ok = [i.metrics for i in instances if i.status == "ok"]
+        notes = [f"repeat {index}: {note}" for index, h in reps for note in h.notes]
+        missing = [r.repeat for r in repeats if name not in {h.host for h in r.hosts}]
+        if missing:
+            notes.append(f"no results in repeat(s) {', '.join(map(str, missing))}")
+        failed = missing or any(h.status != "ok" for _, h in reps)
+        combined_hosts.append(HostKpi(
+            name, reps[0][1].path, "failed" if failed else "ok", instances,
+            combine_metrics(first.mode, [h.metrics for _, h in reps], ok), notes))
+    all_ok = [i.metrics for r in repeats for h in r.hosts for i in h.ok_instances]
+    lost = list(dict.fromkeys(h for r in repeats for h in r.lost_hosts))
+    return ClusterKpi(
+        function=first.function, mode=first.mode, precision=first.precision,
+        config=first.config, hosts=combined_hosts,
+        metrics=combine_metrics(first.mode, [r.metrics for r in repeats], all_ok),
+        lost_hosts=lost, repeats=list(repeats))
 
 
 def default_jsonl_path(dirs: Sequence[str | Path]) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 
 from dlrm_bench.errors import UserError
 from dlrm_bench.results import atomic_write_json, atomic_write_text, now_iso
-from dlrm_bench.supervisor import Progress, Supervisor, describe_exit
+from dlrm_bench.supervisor import Lease, Progress, Supervisor, describe_exit
 from dlrm_bench.topology import Topology, format_cpulist
 
 SEED_MALLOC_CONF = ("oversize_threshold:1,background_thread:true,metadata_thp:auto,"
@@ -39,6 +39,7 @@ KMP_ENV = {"KMP_AFFINITY": "granularity=fine,compact,1,0", "KMP_BLOCKTIME": "1"}
 ALLOCATOR_LIBS = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
                   "tcmalloc": ("libtcmalloc.so.4", "libtcmalloc_minimal.so.4", "libtcmalloc.so")}
 LATENCY_CORES = 4
+LEASE_LAPSED_EXIT = 3  # the controller stopped renewing --lease: instances stopped
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,9 @@ class LaunchPlan:
     instances: list[InstancePlan]
     barrier_timeout: float = 600.0
     host: str = field(default_factory=socket.gethostname)
+    lease: Lease | None = None
+    # tune.json to put back when the lease lapses (the controller will not run its restore play)
+    lease_restore: Path | None = None
 
     @property
     def barrier_dir(self) -> Path:
@@ -301,14 +305,22 @@ def execute(plan: LaunchPlan, progress: Progress | None = None) -> tuple[int, di
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.run_dir / "host_result.json", host_result(plan, None, started))
     sup = Supervisor(plan.instances, plan.barrier_dir, plan.pinning.method == "affinity",
-                     progress)
+                     progress, plan.lease)
     sup.run()
+    if sup.lease_lapsed and plan.lease_restore is not None:
+        from dlrm_bench.tuning import restore_saved_settings
+
+        restored = restore_saved_settings(plan.lease_restore)
+        sup.failures.append("host settings restored by the launcher: " + "; ".join(restored))
+        progress.event(sup.failures[-1])
     result = host_result(plan, sup, started)
     atomic_write_json(plan.run_dir / "host_result.json", result)
     write_combined_log(plan)
     shutil.rmtree(plan.barrier_dir, ignore_errors=True)
     if sup.signum is not None:
         return 128 + sup.signum, result
+    if sup.lease_lapsed:
+        return LEASE_LAPSED_EXIT, result
     if result["status"] == "ok":
         return 0, result
     early_usage = [st for st in sup.states if st.returncode == 2 and sup.phase == "aborted"]

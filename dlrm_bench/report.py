@@ -242,10 +242,12 @@ def _kpi_table(cluster: kpi.ClusterKpi) -> str:
     for host in cluster.hosts:
         for i in host.instances:
             add(host.host, i.instance, i.status, i.cores, i.cpus, i.metrics)
-        add(host.host, "all", host.status, sum(i.cores or 0 for i in host.instances) or None,
-            None, host.metrics)
-    if len(cluster.hosts) > 1:
+        add(host.host, "all", host.status, host.cores, None, host.metrics)
+    if len(cluster.hosts) > 1 or cluster.repeats:
         add("cluster", "all", "", None, None, cluster.metrics)
+    for rep in cluster.repeats:  # the run-to-run spread behind the mean
+        add(f"cluster, repeat {rep.repeat}", "all", "partial" if rep.partial else "", None, None,
+            rep.metrics)
     return _table(["host", "instance", "status", "cores", "cpus", "samples/s", "p50 ms",
                    "p99 ms", "AUC"], rows, {3, 5, 6, 7, 8})
 

@@ -5,6 +5,8 @@ PR_SET_PDEATHSIG through ctypes), so a SIGKILLed launcher takes its instances wi
 instance is detected with ``waitid(WNOWAIT)`` and its group is SIGKILLed before the leader is
 reaped (the zombie keeps the group id from being reused), so helpers an instance forked die too.
 SIGINT/SIGTERM/SIGHUP to the launcher stop every group (SIGTERM, grace, SIGKILL) and reap it.
+With a ``Lease`` (a file the controller touches while it waits for the run), a lease not renewed
+in time stops the instances the same way: the controller is gone and nobody will collect them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,33 @@ class InstanceStatus:
         return self.proc.pid if self.proc else None
 
 
+@dataclass
+class Lease:
+    """A file whose mtime the controller renews; stale for ``timeout_s`` = the controller is gone.
+
+    A missing file counts as renewed when the launcher started (the first renewal may be late)."""
+
+    path: Path
+    timeout_s: float
+    check_every_s: float = 1.0
+    _started: float = field(default_factory=time.time)
+    _next_check: float = 0.0
+
+    def age(self) -> float:
+        try:
+            renewed = max(self.path.stat().st_mtime, self._started)
+        except OSError:
+            renewed = self._started
+        return time.time() - renewed
+
+    def lapsed(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.check_every_s
+        return self.age() > self.timeout_s
+
+
 class Progress:
     """What the launcher reports while it runs (the CLI shows it live or as plain lines)."""
 
@@ -85,8 +114,10 @@ class Supervisor:
     """Starts the instances, runs the barrier, and never leaves a process behind."""
 
     def __init__(self, instances: Sequence[InstancePlan], barrier_dir: Path, affinity: bool,
-                 progress: Progress) -> None:
+                 progress: Progress, lease: Lease | None = None) -> None:
         self.barrier_dir, self.affinity, self.progress = barrier_dir, affinity, progress
+        self.lease = lease
+        self.lease_lapsed = False
         self.states = [InstanceStatus(p) for p in instances]
         self.signum: int | None = None
         self.phase = "starting"
@@ -97,6 +128,16 @@ class Supervisor:
         if self.signum is not None:  # second signal: no more grace
             self._kill_all(signal.SIGKILL)
         self.signum = signum
+
+    def _lease_lapsed(self) -> bool:
+        if self.lease is None or self.lease_lapsed or not self.lease.lapsed():
+            return False
+        self.lease_lapsed, self.phase = True, "interrupted"
+        self.failures.append(f"controller lost: lease {self.lease.path} not renewed for "
+                             f"{self.lease.age():.0f} s (limit {self.lease.timeout_s:g} s): "
+                             "instances stopped")
+        self.progress.event(self.failures[-1])
+        return True
 
     def _interrupted(self) -> bool:
         if self.signum is None or self.phase == "interrupted":
@@ -177,7 +218,7 @@ class Supervisor:
     def _monitor(self) -> None:
         barrier, start = self.barrier_dir, time.monotonic()
         while True:
-            if self._interrupted():
+            if self._interrupted() or self._lease_lapsed():
                 self._stop_all()
             done = [self._reap(st) for st in self.states]
             if self.phase == "starting":

@@ -9,7 +9,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from dlrm_bench.cpu import REQUIRED_FLAGS, cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def runnable(precision: str) -> bool:
+    """Whether this host's CPU has the flags ``precision`` needs (AMX for the amx_* ones)."""
+    return set(REQUIRED_FLAGS[precision]) <= cpu_flags()
+
+
+HAS_AMX = all(runnable(p) for p in ("amx_int8", "amx_bfloat16", "amx_bfloat32"))
+# The fastest precision of each kind this host runs: tests of the pipeline (not of a precision)
+# use these so that they exercise AMX where there is AMX and still run on AVX-512-only hosts.
+INT8 = "amx_int8" if runnable("amx_int8") else "avx_int8"
+LOW_PRECISION = "amx_bfloat16" if runnable("amx_bfloat16") else "avx_fp32"
+needs_amx = pytest.mark.skipif(
+    not HAS_AMX, reason="this CPU has no AMX (amx_tile, amx_bf16, amx_int8): dlrm-bench refuses "
+                        "the amx_* precisions here (tested by the refusal tests)")
 
 
 def cli_env(**extra: str) -> dict[str, str]:

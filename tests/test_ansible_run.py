@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_helpers import INT8, needs_amx
 
 from dlrm_bench.presets import get_preset
 
@@ -48,12 +49,12 @@ def _expected_pages(preset: str = "tiny") -> int:
     return -(-get_preset(preset).table_bytes() // (2 * 1024 * 1024))
 
 
-def test_run_amx_int8_tunes_reports_and_restores(ansible_playbook, ansible_workspace,
-                                                 ansible_fast_vars, hugepages_guard) -> None:
-    """The whole pipeline: KPI printed, results fetched, hugepages set during the run and back
-    to the previous value afterwards."""
+def test_run_int8_tunes_reports_and_restores(ansible_playbook, ansible_workspace,
+                                             ansible_fast_vars, hugepages_guard) -> None:
+    """The whole pipeline (amx_int8, or avx_int8 on a CPU without AMX): KPI printed, results
+    fetched, hugepages set during the run and back to the previous value afterwards."""
     extra = _vars(ansible_workspace, ansible_fast_vars)
-    run = ansible_playbook("run.yml", "-e", "precision=amx_int8", extra=extra)
+    run = ansible_playbook("run.yml", "-e", f"precision={INT8}", extra=extra)
     assert run.returncode == 0, run.explain()
     kpi = _key_kpi(run.stdout)
     assert kpi > 0
@@ -66,7 +67,7 @@ def test_run_amx_int8_tunes_reports_and_restores(ansible_playbook, ansible_works
     assert (run_dir / "results.jsonl").stat().st_size > 0
     assert "*Throughput (samples/sec):" in (run_dir / "summary.txt").read_text()
     results = _instance_results(host_dir)
-    assert {r["config"]["precision"] for r in results} == {"amx_int8"}
+    assert {r["config"]["precision"] for r in results} == {INT8}
     assert all(r["status"] == "ok" for r in results)
 
     # tuning was real: the instances saw the computed reservation, and it is gone now
@@ -80,7 +81,7 @@ def test_run_amx_int8_tunes_reports_and_restores(ansible_playbook, ansible_works
 
 
 @pytest.mark.parametrize("flags", [
-    ["-e", "precision=amx_bfloat16"],
+    pytest.param(["-e", "precision=amx_bfloat16"], marks=needs_amx),
     ["-e", "precision=avx_fp32", "-e", "weight_sharing=False"],  # the seed's string spelling
     ["-e", "function=training", "-e", "batch_size=64"],
 ], ids=["amx_bfloat16", "avx_fp32-no-weight-sharing", "training"])

@@ -145,3 +145,50 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     write_host(tmp_path / "m" / "b", "b", [{"mode": "latency"}])
     with pytest.raises(UserError, match="different kinds"):
         kpi.rollup([tmp_path / "m"])
+
+
+def test_repeats_are_rolled_up_each_and_combined(tmp_path: Path) -> None:
+    """results/<id>/<host>/repeat-N/: each repeat a cluster figure; the run's is their mean."""
+    run = tmp_path / "run"
+    for rep, (a, b) in enumerate([(100.0, 300.0), (110.0, 290.0), (120.0, 340.0)]):
+        write_host(run / "a" / f"repeat-{rep}", "a", [{"throughput": a, "latencies": [1.0, 3.0]}])
+        write_host(run / "b" / f"repeat-{rep}", "b", [{"throughput": b, "latencies": [2.0]}])
+    cluster = kpi.rollup([run], expected_hosts=["a", "b"])
+    assert [r.repeat for r in cluster.repeats] == [0, 1, 2]
+    assert [r.metrics["throughput_samples_per_s"] for r in cluster.repeats] == [400.0, 400.0,
+                                                                               460.0]
+    assert cluster.metrics["throughput_samples_per_s"] == pytest.approx(420.0)
+    assert cluster.metrics["throughput_repeats"] == [400.0, 400.0, 460.0]
+    assert cluster.metrics["key_kpi_rsd"] == pytest.approx(np.std([400, 400, 460], ddof=1) / 420)
+    assert not cluster.partial and [h.host for h in cluster.hosts] == ["a", "b"]
+    host_a = cluster.hosts[0]
+    assert host_a.metrics["throughput_samples_per_s"] == pytest.approx(110.0)
+    assert [i.instance for i in host_a.instances] == ["0/r0", "0/r1", "0/r2"]
+    # Latency from the merged raw latencies of every repeat (three times [1, 3] -> p50 = 2).
+    assert host_a.metrics["latency_ms"]["p50"] == pytest.approx(2.0)
+    block = cluster.kpi_block()
+    assert "*Throughput (samples/sec): 420.000" in block
+    assert "Repeats: 3" in block and "400.000, 400.000, 460.000" in block
+    samples = cluster.samples()
+    cluster_rows = [(s["metadata"].get("repeat"), s["value"]) for s in samples
+                    if s["metric"] == "throughput" and s["metadata"]["level"] == "cluster"]
+    assert cluster_rows == [(0, 400.0), (1, 400.0), (2, 460.0)]
+    [run_row] = [s for s in samples if s["metric"] == "throughput"
+                 and s["metadata"]["level"] == "run"]
+    assert run_row["value"] == pytest.approx(420.0) and run_row["metadata"]["repeats"] == 3
+    # One repeat alone is a plain rollup.
+    single = kpi.rollup([run / "a" / "repeat-1"])
+    assert single.repeats == [] and single.repeat == 1
+    assert single.hosts[0].host == "a" and single.metrics["throughput_samples_per_s"] == 110.0
+
+
+def test_a_host_lost_in_one_repeat_is_named(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_host(run / "a" / "repeat-0", "a", [{"throughput": 10.0}])
+    write_host(run / "b" / "repeat-0", "b", [{"throughput": 20.0}])
+    write_host(run / "a" / "repeat-1", "a", [{"throughput": 12.0}])
+    cluster = kpi.rollup([run], expected_hosts=["a", "b"])
+    assert cluster.partial and cluster.lost_hosts == ["b"]
+    host_b = next(h for h in cluster.hosts if h.host == "b")
+    assert host_b.status == "failed" and host_b.notes == ["no results in repeat(s) 1"]
+    assert "partial: lost hosts: b" in cluster.kpi_block()

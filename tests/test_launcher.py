@@ -488,3 +488,54 @@ def test_weight_sharing_holds_one_copy_of_the_tables(tmp_path: Path) -> None:
     assert all(rss == 0 for _, rss, _ in private)
     saved_kb = sum(t for t, *_ in private) - sum(t for t, *_ in shared)
     assert saved_kb > 0.6 * size_kb, (saved_kb, size_kb)  # a whole table copy saved
+
+
+@pytest.mark.slow
+@needs_two
+def test_lapsed_lease_stops_the_instances(tmp_path: Path) -> None:
+    """--lease: the controller renews the file while it waits; once it stops (Ctrl-C of
+    ansible-playbook), the launch stops its instances and says why (exit 3)."""
+    import threading
+
+    run, lease = tmp_path / "run", tmp_path / "lease"
+    renewing = threading.Event()
+    renewing.set()
+
+    def renew() -> None:
+        while renewing.is_set():
+            lease.touch()
+            time.sleep(0.5)
+
+    threading.Thread(target=renew, daemon=True).start()
+    proc = start_launch(run, "--instances", "2", "--cores-per-instance", "1", *TINY,
+                        "--steps", "1000000", "--lease", str(lease), "--lease-timeout", "4")
+    wait_for(run / ".barrier" / "go", proc)
+    instances = pids(run)
+    time.sleep(6)  # renewed: the run goes on past the timeout
+    assert proc.poll() is None and all(alive(p) for p in instances)
+    renewing.clear()
+    _, err = proc.communicate(timeout=60)   # renewals stop: stopped within ~4 s + grace
+    assert proc.returncode == launcher.LEASE_LAPSED_EXIT, err[-2000:]
+    assert not any(alive(p) for p in instances)
+    host = json.loads((run / "host_result.json").read_text())
+    assert host["status"] == "failed"
+    assert host["failures"][0].startswith(f"controller lost: lease {lease} not renewed for")
+
+
+def test_lease_restore_puts_back_only_sysfs_settings(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlrm_bench import tuning
+
+    sysfs = tmp_path / "sys"
+    knob = sysfs / "kernel" / "mm" / "transparent_hugepage" / "enabled"
+    knob.parent.mkdir(parents=True)
+    knob.write_text("always [madvise] never\n")
+    monkeypatch.setattr(tuning, "SYSFS", sysfs)
+    state = tmp_path / "tune.json"
+    state.write_text(json.dumps({"settings": {str(knob): {"setting": "thp", "value": "never"}}}))
+    assert tuning.restore_saved_settings(state) == [f"thp: {knob} = never"]
+    assert knob.read_text() == "never" and not state.exists()
+    assert tuning.restore_saved_settings(state) == [f"nothing to restore: no {state}"]
+    state.write_text(json.dumps({"settings": {"/etc/passwd": {"setting": "x", "value": "y"}}}))
+    assert tuning.restore_saved_settings(state) == ["skipped /etc/passwd: not a sysfs setting"]
+    assert state.exists(), "a state file that was not fully restored is kept"

@@ -51,8 +51,17 @@ def test_snippet_on_localhost(monkeypatch, ansible_fast_vars, tmp_path: Path, ca
     result = ns["_result"]
     assert result.ok, (result.status, result.errors)
     assert list(result.hosts) == ["localhost"]
-    assert result.cluster.precision == "amx_int8"
+    assert result.cluster.precision == "avx_int8"
     assert result.cluster.config.get("steps") == 20
+    # repeats=2: two measurements, each rolled up, the KPI their mean
+    assert [r.repeat for r in result.cluster.repeats] == [0, 1]
+    assert (result.results_dir / "localhost" / "repeat-1" / "host_result.json").is_file()
+    assert "Repeats: 2" in result.cluster.kpi_block()
+    from dlrm_bench import compare
+
+    run = compare.load_run(result.results_dir)
+    assert len(run.repeats) == 2
+    assert compare.estimate(run, "cluster", "throughput").source == "repeats"
     out = capsys.readouterr().out
     assert "*Throughput (samples/sec): " in out and "localhost ok" in out
     assert result.throughput == pytest.approx(

@@ -4,8 +4,8 @@ with hugepages really tuned:
 - Ctrl-C (SIGINT) of ``dlrm-bench cluster run``: the instances stop, no process is left, the
   hugepages are back;
 - Ctrl-C of a plain ``ansible-playbook run.yml``: Ansible stops at once and runs no further play
-  (its own behaviour), so the launch it started keeps running; ``playbooks/restore.yml`` stops
-  what was left and puts the hugepages back;
+  (its own behaviour); the launch it started stops by itself once its lease (renewed by every poll)
+  lapses, and puts the hugepages back; ``playbooks/restore.yml`` does the same at once;
 - a rerun after the interrupts reuses the deployed package and the cached dataset and completes;
 - the controller's results dir full during collect: the host is failed with a clear message and
   no half-unpacked run is left (nothing that looks like a result), and a collect with room again
@@ -120,6 +120,34 @@ def test_sigint_of_ansible_playbook_then_restore(workspace: Any, ansible_playboo
         assert "changed: [localhost]" in stop, restore.explain()
     assert_hugepages_back(before, str(tmp))
     assert not (tmp / "root" / "state" / "tune.json").exists()
+
+
+def test_sigint_of_ansible_playbook_cleans_up_by_itself(workspace: Any) -> None:
+    """No restore play is run: the lapsed lease stops the instances and restores the host."""
+    tmp, extra = workspace
+    before = hugepages()
+    run_id = "sigint-lease"
+    lease_s = 8
+    proc = start_playbook("run.yml", extra={**extra, "steps": LONG, "run_id": run_id,
+                                            "dlrm_benchmark_lease_timeout_s": lease_s})
+    try:
+        _wait_for_instances(tmp, run_id, proc)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "User interrupted execution" in out, out[-3000:]
+    assert wait_until(lambda: not processes(_pattern(tmp, run_id)), lease_s + 60), \
+        processes(_pattern(tmp, run_id))
+    assert_hugepages_back(before, str(tmp))
+    assert not (tmp / "root" / "state" / "tune.json").exists()
+    host = json.loads((tmp / "root" / "runs" / run_id / "host_result.json").read_text())
+    assert host["status"] == "failed"
+    assert host["failures"][0].startswith("controller lost: lease"), host["failures"]
+    assert "host settings restored by the launcher: hugepages:" in host["failures"][-1]
+    launch_log = (tmp / "root" / "runs" / run_id / "launch.log").read_text()
+    assert "controller lost" in launch_log
 
 
 def test_rerun_after_the_interrupts_completes(workspace: Any, ansible_playbook: Any) -> None:

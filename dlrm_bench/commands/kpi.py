@@ -50,10 +50,10 @@ def render_table(cluster: kpi.ClusterKpi) -> Any:
     for host in cluster.hosts:
         for i in host.instances:
             row(host.host, i.instance, i.status, i.cores, i.cpus, i.nodes, i.metrics)
-        cores = sum(i.cores or 0 for i in host.instances) or None
+        cores = host.cores
         row(host.host, "all", host.status, cores, None, None, host.metrics, "bold")
     if len(cluster.hosts) > 1:
-        cores = sum(i.cores or 0 for h in cluster.hosts for i in h.instances) or None
+        cores = sum(h.cores or 0 for h in cluster.hosts) or None
         row("cluster", "all", "", cores, None, None, cluster.metrics, "bold")
     return table
 

@@ -22,7 +22,7 @@ from dlrm_bench.cli import OneLineParser
 from dlrm_bench.config import parse_bool
 from dlrm_bench.errors import UserError
 from dlrm_bench.safety import check_name, check_root
-from dlrm_bench.supervisor import InstanceStatus, Progress
+from dlrm_bench.supervisor import InstanceStatus, Lease, Progress
 
 RESERVED = ("--instance-id", "--barrier-dir")  # the launcher sets these for each instance
 
@@ -67,6 +67,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--barrier-timeout", type=float, default=600.0, metavar="S",
                    help="seconds an instance waits at the start barrier (default: 600)")
     p.add_argument("--host-label", metavar="NAME", help="host name in results (default: hostname)")
+    p.add_argument("--lease", metavar="FILE",
+                   help="a file the controller touches while it waits (Ansible does): when it is "
+                        "not renewed for --lease-timeout s the instances are stopped (exit 3)")
+    p.add_argument("--lease-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds without a lease renewal before stopping (default: 120)")
+    p.add_argument("--lease-restore", metavar="STATE_FILE",
+                   help="when the lease lapses, also put back the host settings saved in this "
+                        "tune state file (dlrm_root/state/tune.json)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.set_defaults(func=main, run_args=[])
 
@@ -114,6 +122,10 @@ def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
         raise UserError(f"threads must be > 0, got {args.threads}")
     if args.barrier_timeout <= 0:
         raise UserError(f"barrier timeout must be > 0, got {args.barrier_timeout:g}")
+    if args.lease_timeout <= 0:
+        raise UserError(f"lease timeout must be > 0, got {args.lease_timeout:g}")
+    if args.lease_restore and not args.lease:
+        raise UserError("--lease-restore needs --lease")
     cpi = args.cores_per_instance if args.cores_per_instance is not None \
         else _env_int("CORES_PER_INSTANCE")
     count = args.instances if args.instances is not None else _env_int("INSTANCE_NUMBER")
@@ -135,12 +147,16 @@ def make_plan(args: argparse.Namespace) -> launcher.LaunchPlan:
     if not args.dry_run and ((run_dir / "host_result.json").exists()
                              or any(run_dir.glob("instance-*"))):
         raise UserError(f"{run_dir} already holds a run; pass a new --output")
-    return launcher.build_plan(
+    plan = launcher.build_plan(
         run_args, run_dir, topo, slots, function=function, mode=mode, weight_sharing=sharing,
         pinning=launcher.choose_pinning(args.pinning, slots[0]),
         allocator=launcher.find_allocator(args.allocator),
         weights_root=Path(args.weights_cache).absolute() if args.weights_cache else None,
         threads=args.threads, barrier_timeout=args.barrier_timeout, host=host)
+    if args.lease:
+        plan.lease = Lease(Path(args.lease).absolute(), args.lease_timeout)
+        plan.lease_restore = Path(args.lease_restore).absolute() if args.lease_restore else None
+    return plan
 
 
 def print_plan(plan: launcher.LaunchPlan) -> None:
