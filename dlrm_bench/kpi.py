@@ -38,8 +38,8 @@ from dlrm_bench.results import atomic_write_text
 KPI_RULE = "#" + "=" * 48
 HOST_RESULT = "host_result.json"
 INSTANCE_GLOB = "instance-*/result.json"
+REPEAT_DIR = re.compile(r"^repeat-(\d+)$")  # one measurement of a repeated run
 # Per-instance plumbing in result.json's config: not a parameter of the benchmark.
-REPEAT_DIR = re.compile(r"^repeat-(\d+)$")
 PER_INSTANCE_KEYS = ("output", "instance_id", "barrier_dir", "barrier_timeout", "weights_cache",
                      "extra")
 

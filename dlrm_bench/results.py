@@ -134,11 +134,16 @@ def _hugepages() -> dict[str, Any]:
     return pages
 
 
-def _thp() -> str | None:
-    text = _read("/sys/kernel/mm/transparent_hugepage/enabled")
-    if text and "[" in text:
+def sysfs_selected(text: str) -> str:
+    """A sysfs value; for selector files (``always [madvise] never``) the selected word."""
+    if "[" in text:
         return text.split("[", 1)[1].split("]", 1)[0]
     return text
+
+
+def _thp() -> str | None:
+    text = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    return sysfs_selected(text) if text else text
 
 
 def _governor() -> str:

@@ -12,16 +12,15 @@ removed when every value is back, so a later ``playbooks/restore.yml`` finds not
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+
+from dlrm_bench.results import sysfs_selected
 
 SYSFS = Path("/sys")
 
 
 def _read(path: Path) -> str:
-    text = path.read_text(encoding="utf-8").strip()
-    selected = re.search(r"\[([^\]]+)\]", text)  # selector files: "always [madvise] never"
-    return selected.group(1) if selected else text
+    return sysfs_selected(path.read_text(encoding="utf-8").strip())
 
 
 def restore_saved_settings(state_file: Path) -> list[str]:
