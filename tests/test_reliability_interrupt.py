@@ -69,6 +69,17 @@ def _wait_for_instances(tmp: Path, run_id: str, proc: subprocess.Popen[str]) -> 
         pytest.fail(f"the benchmark never started:\n{(out or '')[-4000:]}")
 
 
+def _interrupt(tmp: Path, run_id: str, proc: subprocess.Popen[str], timeout: float) -> str:
+    """Once the run's instances are up, SIGINT ``proc``; its output (killed if it hangs)."""
+    try:
+        _wait_for_instances(tmp, run_id, proc)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigint_of_cluster_run_stops_everything_and_restores(workspace: Any) -> None:
     tmp, extra = workspace
     before = hugepages()
@@ -77,13 +88,7 @@ def test_sigint_of_cluster_run_stops_everything_and_restores(workspace: Any) -> 
            json.dumps({**extra, "steps": LONG}), "--run-id", run_id]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    try:
-        _wait_for_instances(tmp, run_id, proc)
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=240)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = _interrupt(tmp, run_id, proc, 240)
     assert proc.returncode == 130, out[-4000:]
     assert "canceling" in out and f"run {run_id}: canceled" in out, out[-4000:]
     assert wait_until(lambda: not processes(_pattern(tmp, run_id)), 30), \
@@ -99,13 +104,7 @@ def test_sigint_of_ansible_playbook_then_restore(workspace: Any, ansible_playboo
     before = hugepages()
     run_id = "sigint-playbook"
     proc = start_playbook("run.yml", extra={**extra, "steps": LONG, "run_id": run_id})
-    try:
-        _wait_for_instances(tmp, run_id, proc)
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = _interrupt(tmp, run_id, proc, 120)
     assert proc.returncode != 0
     assert "User interrupted execution" in out, out[-3000:]
     # this is a rerun: the package and the cached dataset were reused
@@ -130,13 +129,7 @@ def test_sigint_of_ansible_playbook_cleans_up_by_itself(workspace: Any) -> None:
     lease_s = 8
     proc = start_playbook("run.yml", extra={**extra, "steps": LONG, "run_id": run_id,
                                             "dlrm_benchmark_lease_timeout_s": lease_s})
-    try:
-        _wait_for_instances(tmp, run_id, proc)
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = _interrupt(tmp, run_id, proc, 120)
     assert "User interrupted execution" in out, out[-3000:]
     assert wait_until(lambda: not processes(_pattern(tmp, run_id)), lease_s + 60), \
         processes(_pattern(tmp, run_id))
