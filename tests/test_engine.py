@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import INT8, assert_one_line_error, dlrm, result_of, run_ok, runnable
 
+from dlrm_bench.backends import fused
 from dlrm_bench.config import MODES, PRECISIONS, TRAINING_PRECISIONS
 from dlrm_bench.results import load_schema
 
@@ -51,6 +52,10 @@ def test_every_combination_runs_and_validates(tmp_path: Path, function, mode, pr
         assert "Accuracy: " in proc.stdout
     if function == "training" and mode == "accuracy":
         assert (out / "checkpoint.pt").is_file()
+    if function == "inference":  # which interaction ran (fused kernel, or why not) is recorded
+        assert result["model"]["kernels"]["interaction"]
+        if precision.startswith("avx_") and fused.unavailable_reason() is None:
+            assert result["model"]["kernels"]["interaction"].startswith("fused C kernel")
 
 
 def test_seed_env_vars_drive_a_run(tmp_path: Path) -> None:

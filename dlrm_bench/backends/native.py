@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm_bench.backends import fused
 from dlrm_bench.backends import native_int8 as q8
 from dlrm_bench.backends.compat import fp32_matmul_precision
 from dlrm_bench.backends.native_int8 import BatchLike
@@ -54,18 +55,31 @@ PREPARED_VERSION = 1
 # same-run comparisons):
 # - chunk 1024 vs whole 2048-row batches: bf16 +49%, bf32 +57%, int8 +6%, fp32 0..+36% (two
 #   runs); 512 is no better than 1024.
-# - avx_fp32: MKL sgemm and oneDNN prepacked fp32 within 3% (MKL slightly ahead); MKL kept.
+# - avx_fp32: MKL sgemm and oneDNN prepacked fp32 within 3% there (MKL slightly ahead), but on an
+#   AMD EPYC (Zen 5, AVX-512) MKL takes a slower code path: 156-179 vs 429-439 GFLOP/s for
+#   oneDNN on the MLP shapes (2 threads). oneDNN prepacked is used on every CPU (one library for
+#   a fair cross-vendor figure, and the ReLU fuses into the GEMM).
 #   amx_bfloat32: packed and unpacked (F.linear -> oneDNN matmul in bf16 mode) equal; packed kept
 #   for the fused ReLU.
 # - amx_int8 interaction in bf16 (AMX bmm): 1.55x the int8 throughput (one core) of an fp32
 #   interaction (MKL sgemm on 27x128 matrices is slow). avx_int8 stays fp32: without AMX /
 #   AVX512-BF16 in the ISA cap oneDNN emulates bf16 and the bmm is 10x slower.
+# - ``fused``: one-hot lookups + interaction in the C kernel of ``fused.py`` (rows gathered into
+#   L1, only the lower triangle computed; int8 rows dequantized there and the output quantized
+#   for the top MLP there). Per 1024 rows on the AMD VM: fp32 0.86 vs 7.9 ms for gather + bmm +
+#   triangle in torch ops, int8 0.62 vs 5.0 ms. Not used for the amx_* plans yet: their torch
+#   path runs the bmm on AMX, and no AMX machine was at hand to compare the two.
 PLANS: dict[str, dict[str, Any]] = {
-    "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": False, "chunk": 1024},
-    "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024},
-    "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024},
-    "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024},
-    "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 1024},
+    "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
+                 "fused": True},
+    "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
+                     "fused": False},
+    "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
+                     "fused": False},
+    "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024,
+                 "fused": True},
+    "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
+                 "fused": False},
 }
 PACK_BATCH_HINT = 1024
 
@@ -90,19 +104,40 @@ class PreparedModel:
         self.math_mode = "bf16" if precision == "amx_bfloat32" else None
         self.tables = EmbeddingTables(plan["tables"], state["tables"], spec.table_sizes)
         self.interaction = Interaction(spec.num_tables)
+        self.gather: fused.GatherInteraction | None = None
+        self.kernels = {"interaction": "torch ops (bmm + triangle gather)"}
+        if plan["fused"]:
+            self._use_fused_kernel(plan["tables"])
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
+        self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
         with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
                 self._build_int8()
             else:
                 self._build_float(bool(plan["packed"]))
 
+    def _use_fused_kernel(self, kind: str) -> None:
+        tables = self.tables
+        try:
+            if tables.fused:
+                self.gather = fused.GatherInteraction(
+                    tables.weights, tables.sizes, kind, bases=tables.bases.view(-1).tolist())
+            else:
+                self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind)
+        except fused.KernelUnavailable as exc:
+            self.kernels = {"interaction": f"torch ops (fused kernel unavailable: {exc})"}
+            return
+        self.kernels = {"interaction": "fused C kernel (one-hot batches), torch ops otherwise"}
+
     def _build_float(self, packed: bool) -> None:
+        gemv = self.precision == "avx_fp32"  # MKL sgemv for single rows (see DenseLinear)
+
         def build(layers: list[dict[str, torch.Tensor]], last: str) -> list[DenseLinear]:
             return [DenseLinear(layer["weight"], layer["bias"],
-                                last if i == len(layers) - 1 else "relu", packed, PACK_BATCH_HINT)
+                                last if i == len(layers) - 1 else "relu", packed, PACK_BATCH_HINT,
+                                gemv_unpacked=gemv)
                     for i, layer in enumerate(layers)]
 
         self.bottom = build(self.state["bottom"], "relu")
@@ -130,6 +165,7 @@ class PreparedModel:
                                  final_relu=False, batch_hint=PACK_BATCH_HINT)
         self.bottom_in = q8.QuantizeInput(*qp[0])
         self.top_in = q8.QuantizeInput(*qp[n_bottom])
+        self.top_qparams = qp[n_bottom]
         self.finish = torch.sigmoid
 
     def _forward(
@@ -138,8 +174,15 @@ class PreparedModel:
         x = self.bottom_in(dense)
         for layer in self.bottom:
             x = layer(x)
-        z = self.interaction(self.tables.stacked(x, offsets, indices, one_hot))
-        z = self.top_in(z)
+        if self.gather is not None and one_hot:
+            # int8: the kernel quantizes its output for the top MLP's first (u8) layer itself
+            quantize = self.top_qparams
+            width = x.shape[1] + self.spec.num_tables * (self.spec.num_tables + 1) // 2
+            z = self.tables.workspace.get("z", (x.shape[0], width),
+                                          torch.uint8 if quantize else torch.float32)
+            self.gather(x, indices, z, quantize=quantize)
+        else:
+            z = self.top_in(self.interaction(self.tables.stacked(x, offsets, indices, one_hot)))
         for layer in self.top:
             z = layer(z)
         return self.finish(z)

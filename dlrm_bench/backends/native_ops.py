@@ -225,17 +225,21 @@ class DenseLinear:
     """A float linear (fp32 or bf16 weights) with its activation fused: ``[M, K] -> [M, N]``.
 
     ``packed`` uses a oneDNN-prepacked weight and ``mkldnn._linear_pointwise`` (GEMM + bias + ReLU
-    or sigmoid in one primitive). The unpacked form (``F.linear`` then the activation) goes to MKL
-    for fp32, which is what avx_fp32 uses (see ``native.py`` for the measurements).
+    or sigmoid in one primitive); the unpacked form is ``F.linear`` (MKL for fp32) then the
+    activation. ``gemv_unpacked``: single rows (M = 1) take the unpacked fp32 path even when
+    packed, because MKL's sgemv beat oneDNN there (8 layers of the Terabyte MLPs, one core of an
+    AMD EPYC VM: 162 vs 191 us; at M = 2 oneDNN already wins, 218 vs 323 us).
     """
 
     def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor, post: str, packed: bool, batch_hint: int
+        self, weight: torch.Tensor, bias: torch.Tensor, post: str, packed: bool, batch_hint: int,
+        gemv_unpacked: bool = False,
     ) -> None:
         if post not in ("relu", "sigmoid", "none"):
             raise ValueError(f"unknown post-op {post!r}")
         self.weight, self.bias, self.post = weight, bias, post
         self.packed = packed
+        self.gemv_unpacked = gemv_unpacked and packed and weight.dtype == torch.float32
         self.w = (
             torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint) if packed else weight
         )
@@ -243,9 +247,9 @@ class DenseLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.w.dtype:  # a float32 head on bf16 activations
             x = x.to(self.w.dtype)
-        if self.packed:
+        if self.packed and not (self.gemv_unpacked and x.shape[0] == 1):
             return torch.ops.mkldnn._linear_pointwise(x, self.w, self.bias, self.post, [], "")
-        y = F.linear(x, self.w, self.bias)
+        y = F.linear(x, self.weight, self.bias)
         if self.post == "relu":
             return torch.relu_(y)
         if self.post == "sigmoid":

@@ -104,6 +104,9 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
         prepared = make()
     if calib_file is not None:
         facts["calibration_file"] = str(calib_file)
+    kernels = getattr(prepared, "kernels", None)
+    if kernels:  # which implementation ran, e.g. why the fused kernel was not used
+        facts["kernels"] = kernels
     return prepared, facts
 
 

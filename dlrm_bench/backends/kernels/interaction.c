@@ -1,0 +1,157 @@
+/* Fused one-hot embedding gather + dot interaction for the native backend (AVX-512, OpenMP).
+ *
+ * One call does, per sample b (rows of a batch in parallel):
+ *   S = [x[b]; E_0[ids[0][b]]; ...; E_{T-1}[ids[T-1][b]]]            (T+1) x D, in L1
+ *   out[b] = [x[b], dot(S_i, S_j) for i in 1..T, j in 0..i-1]          D + T(T+1)/2 values
+ * i.e. exactly DotInteraction's output (strictly-lower triangle, row by row), without the
+ * [B, T+1, D] operand, the full Gram matrix and the triangle gather that the torch ops need.
+ *
+ * Tables: kind 0 = float32 rows of D values; kind 1 = row-wise uint8 as written by
+ * torch.ops.quantized.embedding_bag_byte_prepack (D bytes, then a float32 scale and bias).
+ * Output: float32, or (out_u8) uint8 quantized with one scale / zero point, which is what the
+ * int8 top MLP's first layer reads (saves a float pass over the output).
+ *
+ * Built by dlrm_bench/backends/fused.py with gcc -O3 -mavx512f -mavx512bw -mavx512vl -fopenmp and
+ * linked against the OpenMP runtime torch already loaded, so the parallel loop uses the same
+ * threads as torch's own ops. Loaded through ctypes, which releases the GIL during the call.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_ROWS 64   /* T + 1 */
+#define MAX_DIM 512
+#define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
+
+int dlrm_kernel_abi(void) { return 2; }
+
+static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
+    float scale, bias;
+    memcpy(&scale, row + dim, 4);
+    memcpy(&bias, row + dim + 4, 4);
+    const __m512 vs = _mm512_set1_ps(scale), vb = _mm512_set1_ps(bias);
+    for (int64_t d = 0; d < dim; d += 16) {
+        __m128i q = _mm_loadu_si128((const __m128i *)(row + d));
+        __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+        _mm512_storeu_ps(dst + d, _mm512_fmadd_ps(v, vs, vb));
+    }
+}
+
+static inline void prefetch_row(const char *row, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(row + o, _MM_HINT_T0);
+}
+
+/* dots of row i with rows 0..i-1, four at a time (one load of S_i feeds four FMAs) */
+static inline void dots_of_row(const float *const *rows, int64_t i, int64_t dim, float *dst) {
+    const float *si = rows[i];
+    int64_t j = 0;
+    for (; j + 4 <= i; j += 4) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        const float *s0 = rows[j], *s1 = rows[j + 1], *s2 = rows[j + 2], *s3 = rows[j + 3];
+        for (int64_t d = 0; d < dim; d += 16) {
+            __m512 v = _mm512_loadu_ps(si + d);
+            a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(s0 + d), a0);
+            a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(s1 + d), a1);
+            a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(s2 + d), a2);
+            a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(s3 + d), a3);
+        }
+        dst[j] = _mm512_reduce_add_ps(a0);
+        dst[j + 1] = _mm512_reduce_add_ps(a1);
+        dst[j + 2] = _mm512_reduce_add_ps(a2);
+        dst[j + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; j < i; j++) {
+        __m512 a = _mm512_setzero_ps();
+        const float *sj = rows[j];
+        for (int64_t d = 0; d < dim; d += 16)
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(si + d), _mm512_loadu_ps(sj + d), a);
+        dst[j] = _mm512_reduce_add_ps(a);
+    }
+}
+
+static inline void quantize_to(const float *src, int64_t n, float inv_scale, float zero_point,
+                               uint8_t *dst) {
+    const __m512 vi = _mm512_set1_ps(inv_scale), vz = _mm512_set1_ps(zero_point);
+    const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + k), vi, vz);
+        /* round half to even, as torch.round */
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+    for (; k < n; k++) {
+        float v = nearbyintf(src[k] * inv_scale + zero_point);
+        dst[k] = (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
+    }
+}
+
+/* Returns 0; -1 for arguments the kernel does not handle (the caller checks first); -2 when an
+ * id is outside its table (those samples' outputs are left unwritten). */
+int dlrm_gather_interact(
+    int64_t batch, int64_t num_tables, int64_t dim,
+    const float *x, int64_t x_stride,                       /* [B, D] */
+    const int64_t *ids, int64_t ids_stride_t, int64_t ids_stride_b, /* [T, B] table-local */
+    const int64_t *table_addr, const int64_t *table_rows,    /* [T] row-0 addresses, row counts */
+    int64_t row_bytes, int32_t kind,
+    void *out, int64_t out_stride, int32_t out_u8, float inv_scale, float zero_point,
+    int32_t threads) {
+    const int64_t n = num_tables + 1;
+    if (n > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || (kind != 0 && kind != 1)) return -1;
+    const int64_t width = dim + n * (n - 1) / 2;
+    int bad_id = 0;
+
+#pragma omp parallel num_threads(threads) if (threads > 1 && batch >= 32)
+    {
+        float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
+        float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
+        const float *rows[MAX_ROWS];
+
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < batch; b++) {
+            if (b + PREFETCH_AHEAD < batch) {
+                const int64_t p = b + PREFETCH_AHEAD;
+                for (int64_t t = 0; t < num_tables; t++) {
+                    const int64_t id = ids[t * ids_stride_t + p * ids_stride_b];
+                    if ((uint64_t)id < (uint64_t)table_rows[t])
+                        prefetch_row((const char *)table_addr[t] + id * row_bytes, row_bytes);
+                }
+            }
+            rows[0] = x + b * x_stride;
+            int ok = 1;
+            for (int64_t t = 0; t < num_tables && ok; t++) {
+                const int64_t id = ids[t * ids_stride_t + b * ids_stride_b];
+                if ((uint64_t)id >= (uint64_t)table_rows[t]) {
+                    ok = 0;
+                    break;
+                }
+                const char *row = (const char *)table_addr[t] + id * row_bytes;
+                if (kind == 0) {
+                    rows[t + 1] = (const float *)row;
+                } else {
+                    dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
+                    rows[t + 1] = deq + (t + 1) * dim;
+                }
+            }
+            if (!ok) {
+#pragma omp atomic write
+                bad_id = 1;
+                continue;
+            }
+            float *z = out_u8 ? zrow : (float *)out + b * out_stride;
+            memcpy(z, rows[0], dim * sizeof(float));
+            float *tri = z + dim;
+            for (int64_t i = 1; i < n; i++) {
+                dots_of_row(rows, i, dim, tri);
+                tri += i;
+            }
+            if (out_u8)
+                quantize_to(zrow, width, inv_scale, zero_point,
+                            (uint8_t *)out + b * out_stride);
+        }
+    }
+    return bad_id ? -2 : 0;
+}

@@ -1,0 +1,173 @@
+"""The fused gather + interaction C kernel (``dlrm_bench/backends/fused.py``).
+
+It must give what the torch ops give (``EmbeddingTables.stacked`` + ``Interaction``: the
+reference layout and order), for fp32 and row-wise int8 tables, split and stacked, for batches
+that are views of bigger ones (the chunked path), with its uint8 output equal to
+``QuantizeInput`` of the float output; refuse ids outside a table; and, where it cannot be
+built, say why, with the native backend recording that and still answering correctly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlrm_bench.backends import fused, native
+from dlrm_bench.backends import native_int8 as q8
+from dlrm_bench.backends.native_ops import EmbeddingTables, Interaction, fuse_tables
+from dlrm_bench.cpu import cpu_flags
+from dlrm_bench.model import build_model
+from dlrm_bench.presets import get_preset
+
+pytestmark = pytest.mark.filterwarnings("ignore:the environment does not set:RuntimeWarning")
+
+T, D = 26, 128
+SIZES = tuple(100 + 37 * t for t in range(T))
+WIDTH = D + T * (T + 1) // 2
+HAS_KERNEL_CPU = set(fused.NEEDED_FLAGS) <= cpu_flags()
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """Each test decides itself whether the kernel may load (``load`` caches its answer)."""
+    monkeypatch.setenv(fused.ENV_CACHE, str(tmp_path_factory.getbasetemp() / "kernels"))
+    fused.load.cache_clear()
+    yield
+    fused.load.cache_clear()
+
+
+needs_kernel = pytest.mark.skipif(not HAS_KERNEL_CPU, reason="CPU lacks AVX-512 BW/VL/DQ")
+
+
+def tables_and_batch(batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tables = [torch.rand(n, D, generator=g) - 0.5 for n in SIZES]
+    x = torch.randn(batch, D, generator=g)
+    ids = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in SIZES])
+    return tables, x, ids
+
+
+def torch_path(kind: str, weights: list[torch.Tensor], x, ids) -> torch.Tensor:
+    tables = EmbeddingTables(kind, weights, SIZES)
+    offsets = torch.arange(x.shape[0]).expand(T, -1)
+    return Interaction(T)(tables.stacked(x, offsets, ids, True)).clone()
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_kernel_equals_torch_ops(kind: str, batch: int) -> None:
+    tables, x, ids = tables_and_batch(batch)
+    if kind == "int8":
+        weights = [fuse_tables(tables, "int8")]
+        bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
+        kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases)
+    else:
+        weights = tables
+        kernel = fused.GatherInteraction(weights, SIZES, "fp32")
+    expected = torch_path(kind, weights, x, ids)
+    out = torch.full((batch, WIDTH), float("nan"))
+    kernel(x, ids, out)
+    assert not out.isnan().any(), "the kernel left outputs unwritten"
+    assert torch.equal(out[:, :D], x), "the first D outputs are the dense features"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_stacked_fp32_table_and_views() -> None:
+    """One stacked table with per-table bases; ``x`` and ``ids`` as views of a bigger batch."""
+    tables, x_all, ids_all = tables_and_batch(600, seed=3)
+    stacked = torch.cat(tables)
+    bases = EmbeddingTables("fp32", [stacked], SIZES).bases.view(-1).tolist()
+    kernel = fused.GatherInteraction([stacked], SIZES, "fp32", bases=bases)
+    x, ids = x_all[200:450], ids_all[:, 200:450]  # ids: stride (600, 1), like a chunk
+    out = torch.empty(250, WIDTH)
+    kernel(x, ids, out)
+    torch.testing.assert_close(out, torch_path("fp32", tables, x, ids), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_quantized_output_matches_quantize_input() -> None:
+    tables, x, ids = tables_and_batch(512, seed=5)
+    weights = [fuse_tables(tables, "int8")]
+    bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
+    kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases)
+    expected_float = torch_path("int8", weights, x, ids)
+    scale, zero_point = float(expected_float.abs().max()) / 120, 128
+    expected = q8.QuantizeInput(scale, zero_point)(expected_float)
+    out = torch.empty(512, WIDTH, dtype=torch.uint8)
+    kernel(x, ids, out, quantize=(scale, zero_point))
+    diff = (out.int() - expected.int()).abs()
+    # float sums in another order can land a value on the other side of a rounding tie
+    assert int(diff.max()) <= 1
+    assert float((diff > 0).float().mean()) < 1e-3
+    assert int(out.min()) == 0 or int(expected.min()) > 0  # the clamp is applied
+    assert len(out.unique()) > 100, "a degenerate quantization would not test anything"
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad_id", [-1, SIZES[4]])
+def test_ids_outside_their_table_are_refused(bad_id: int) -> None:
+    tables, x, ids = tables_and_batch(64)
+    kernel = fused.GatherInteraction(tables, SIZES, "fp32")
+    ids[4, 10] = bad_id
+    with pytest.raises(IndexError, match="outside its table"):
+        kernel(x, ids, torch.empty(64, WIDTH))
+
+
+@needs_kernel
+def test_wrong_output_buffer_is_refused() -> None:
+    tables, x, ids = tables_and_batch(8)
+    kernel = fused.GatherInteraction(tables, SIZES, "fp32")
+    with pytest.raises(ValueError, match="out must be"):
+        kernel(x, ids, torch.empty(8, WIDTH, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="out must be"):
+        kernel(x, ids, torch.empty(8, WIDTH + 1))
+
+
+@needs_kernel
+def test_build_is_cached_by_content(tmp_path) -> None:
+    first = fused.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert fused.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name], "build leftovers"
+
+
+def test_unavailable_kernel_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    assert "DLRM_BENCH_FUSED=0" in (fused.unavailable_reason() or "")
+    fused.load.cache_clear()
+    monkeypatch.delenv(fused.ENV_SWITCH)
+    monkeypatch.setenv("CC", "no-such-compiler-dlrm")
+    reason = fused.unavailable_reason()
+    if HAS_KERNEL_CPU:
+        assert reason is not None and "no C compiler" in reason
+
+
+@pytest.mark.parametrize("precision", ["avx_fp32", "avx_int8"])
+def test_backend_records_the_kernel_and_agrees_without_it(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not {"avx512f", "avx512_vnni"} <= cpu_flags():
+        pytest.skip(f"host cannot run {precision}")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    g = torch.Generator().manual_seed(7)
+    n = 1100  # > the 1024-row chunk
+    dense = torch.log1p(torch.rand(n, 13, generator=g) * 100)
+    ids = torch.stack([torch.randint(0, k, (n,), generator=g) for k in spec.table_sizes])
+    offsets = torch.arange(n).expand(spec.num_tables, n).contiguous()
+    calibration = [type("B", (), {"dense": dense[:512], "offsets": offsets[:, :512],
+                                  "indices": ids[:, :512]})()]
+    with_kernel = native.prepare(model, precision, calibration=calibration)
+    if HAS_KERNEL_CPU:
+        assert with_kernel.gather is not None, with_kernel.kernels
+        assert with_kernel.kernels["interaction"].startswith("fused C kernel")
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    fused.load.cache_clear()
+    without = native.prepare(model, precision, calibration=calibration)
+    assert without.gather is None
+    assert "unavailable: turned off by DLRM_BENCH_FUSED=0" in without.kernels["interaction"]
+    a, b = with_kernel(dense, offsets, ids), without(dense, offsets, ids)
+    tolerance = 1e-5 if precision == "avx_fp32" else 2e-2  # int8: 1-LSB rounding ties
+    assert float((a - b).abs().max()) <= tolerance
