@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--backends", default="native,ipex")
-    parser.add_argument("--peak-sizes", default="2048,4096")
+    parser.add_argument("--peak-sizes", default="1024,2048,4096")
     parser.add_argument("--cache-dir", type=Path, help="kept (default: a temporary dir)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -32,7 +32,9 @@ SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-ENV_SWITCH = "DLRM_BENCH_FUSED"  # "0" turns the kernel off (A/B measurements, debugging)
+# "0" turns the kernel off (A/B measurements, debugging); "all" uses it for the amx_* plans with
+# fp32 / int8 tables too (amx_bfloat32, amx_int8), which by default keep their AMX bmm
+ENV_SWITCH = "DLRM_BENCH_FUSED"
 ENV_CACHE = "DLRM_BENCH_KERNEL_CACHE"
 MAX_ROWS, MAX_DIM = 64, 512  # the kernel's stack buffers (T + 1 rows of D floats)
 KIND_FLOAT32, KIND_INT8 = 0, 1
@@ -114,6 +116,10 @@ def load() -> ctypes.CDLL:
     fn.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int32,
                    ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32]
     return lib
+
+
+def wanted_everywhere() -> bool:
+    return os.environ.get(ENV_SWITCH) == "all"
 
 
 def unavailable_reason() -> str | None:

@@ -67,8 +67,9 @@ PREPARED_VERSION = 1
 # - ``fused``: one-hot lookups + interaction in the C kernel of ``fused.py`` (rows gathered into
 #   L1, only the lower triangle computed; int8 rows dequantized there and the output quantized
 #   for the top MLP there). Per 1024 rows on the AMD VM: fp32 0.86 vs 7.9 ms for gather + bmm +
-#   triangle in torch ops, int8 0.62 vs 5.0 ms. Not used for the amx_* plans yet: their torch
-#   path runs the bmm on AMX, and no AMX machine was at hand to compare the two.
+#   triangle in torch ops, int8 0.62 vs 5.0 ms. Not used for the amx_* plans by default: their
+#   torch path runs the bmm on AMX, and no AMX machine was at hand to compare the two;
+#   DLRM_BENCH_FUSED=all turns it on for amx_bfloat32 / amx_int8 too (to measure that).
 PLANS: dict[str, dict[str, Any]] = {
     "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
                  "fused": True},
@@ -106,7 +107,7 @@ class PreparedModel:
         self.interaction = Interaction(spec.num_tables)
         self.gather: fused.GatherInteraction | None = None
         self.kernels = {"interaction": "torch ops (bmm + triangle gather)"}
-        if plan["fused"]:
+        if plan["fused"] or (fused.wanted_everywhere() and plan["tables"] in ("fp32", "int8")):
             self._use_fused_kernel(plan["tables"])
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
