@@ -171,3 +171,59 @@ def test_backend_records_the_kernel_and_agrees_without_it(
     a, b = with_kernel(dense, offsets, ids), without(dense, offsets, ids)
     tolerance = 1e-5 if precision == "avx_fp32" else 2e-2  # int8: 1-LSB rounding ties
     assert float((a - b).abs().max()) <= tolerance
+
+
+needs_vnni = pytest.mark.skipif(not (HAS_KERNEL_CPU and "avx512_vnni" in cpu_flags()),
+                                reason="CPU lacks AVX512-VNNI")
+
+
+@needs_vnni
+@pytest.mark.parametrize(("k", "n"), [(13, 512), (479, 1024), (256, 1), (1024, 40)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_int8_linear_equals_onednn(k: int, n: int, rows: int, threads: int) -> None:
+    """K not a multiple of 4, N not of 16, rows around the 4-row blocking, 1 and 2 threads."""
+    g = torch.Generator().manual_seed(k * n + rows)
+    weight_q, w_scales = q8.quantize_weight(torch.randn(n, k, generator=g) * 0.05)
+    bias = torch.randn(n, generator=g) * 0.1
+    x = torch.randint(0, 256, (rows, k), dtype=torch.uint8, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for out_q, relu in [((0.03, 7), True), (None, False)]:
+            onednn = q8.QLinear(weight_q, w_scales, bias, (0.04, 100), out_q, torch.float32,
+                                relu=relu, batch_hint=1024)
+            kernel = fused.SmallQLinear(weight_q, w_scales, bias, (0.04, 100), out_q, relu=relu)
+            expected, got = onednn(x), kernel(x)
+            assert got.dtype == expected.dtype and got.shape == (rows, n)
+            if out_q is None:
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            else:
+                assert int((got.int() - expected.int()).abs().max()) <= 1
+                if got.numel() >= 40:
+                    assert len(got.unique()) > 2, "degenerate requantization tests nothing"
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_vnni
+def test_int8_model_uses_the_small_kernel_only_for_small_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    g = torch.Generator().manual_seed(11)
+    dense = torch.log1p(torch.rand(64, 13, generator=g) * 100)
+    ids = torch.stack([torch.randint(0, k, (64,), generator=g) for k in spec.table_sizes])
+    offsets = torch.arange(64).expand(spec.num_tables, 64).contiguous()
+    batch = type("B", (), {"dense": dense, "offsets": offsets, "indices": ids})()
+    prepared = native.prepare(model, "avx_int8", calibration=[batch])
+    assert prepared.kernels["small_batch_int8_linear"].startswith("VNNI C kernel")
+    calls: list[int] = []
+    first = prepared.top[0]
+    real = first.small
+    first.small = lambda x: (calls.append(x.shape[0]), real(x))[1]
+    one = prepared(dense[:1], offsets[:, :1], ids[:, :1])
+    big = prepared(dense, offsets, ids)
+    assert calls == [1], "64 rows must go to oneDNN, 1 row to the kernel"
+    assert float((one - big[:1]).abs().max()) <= 2e-2

@@ -27,7 +27,7 @@ import torch
 
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 2
+ABI = 3
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -115,6 +115,10 @@ def load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     fn.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int32,
                    ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32]
+    small = lib.dlrm_qlinear_small
+    small.restype = ctypes.c_int
+    small.argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ctypes.c_int32,
+                      ctypes.c_int32, ctypes.c_float, ctypes.c_float, ptr, i64, ctypes.c_int32]
     return lib
 
 
@@ -190,4 +194,53 @@ class GatherInteraction:
             raise IndexError("an embedding id is outside its table")
         if code != 0:
             raise RuntimeError(f"fused interaction kernel refused its arguments ({code})")
+        return out
+
+
+class SmallQLinear:
+    """An int8 linear for few-row batches (``dlrm_qlinear_small`` in ``interaction.c``).
+
+    Same arithmetic as ``native_int8.QLinear`` (u8 input with one scale / zero point, s8 weights
+    with per-output scales, fp32 bias, ReLU, then uint8 in the next layer's qparams or float32)
+    without oneDNN's per-call cost, which dominates at 1-16 rows. Needs AVX512-VNNI.
+    """
+
+    def __init__(self, weight_q: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor,
+                 x_qparams: tuple[float, int], out_qparams: tuple[float, int] | None,
+                 relu: bool) -> None:
+        self.lib = load()
+        if "avx512_vnni" not in cpu_flags():
+            raise KernelUnavailable("the CPU lacks avx512_vnni")
+        n, k = weight_q.shape
+        if k > 4096:
+            raise KernelUnavailable(f"the small int8 linear takes K <= 4096 (got {k})")
+        n16, k4 = -(-n // 16) * 16, -(-k // 4) * 4
+        padded = torch.zeros(n16, k4, dtype=torch.int8)
+        padded[:n, :k] = weight_q
+        # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: 4 k's of 16 outputs per 64-byte load
+        self.packed = padded.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+        self.colsum = weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
+        self.scale = (float(x_qparams[0]) * w_scales.double()).float().contiguous()
+        self.bias = bias.detach().float().contiguous()
+        self.x_zp = int(x_qparams[1])
+        self.relu = relu
+        self.out_qparams = out_qparams
+        self.n, self.k = n, k
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` uint8 ``[M, K]`` (rows contiguous) -> uint8 or float32 ``[M, N]``."""
+        rows = x.shape[0]
+        if x.dtype != torch.uint8 or x.shape[1] != self.k or x.stride(1) != 1:
+            raise ValueError(f"x must be a row-contiguous uint8 [M, {self.k}] tensor")
+        out_u8 = self.out_qparams is not None
+        out = torch.empty(rows, self.n, dtype=torch.uint8 if out_u8 else torch.float32)
+        inv, zp = ((1.0 / self.out_qparams[0], float(self.out_qparams[1])) if out_u8
+                   else (1.0, 0.0))
+        code = self.lib.dlrm_qlinear_small(
+            rows, self.k, self.n, x.data_ptr(), x.stride(0), self.packed.data_ptr(),
+            self.colsum.data_ptr(), self.scale.data_ptr(), self.bias.data_ptr(), self.x_zp,
+            int(self.relu), int(out_u8), inv, zp, out.data_ptr(), out.stride(0),
+            torch.get_num_threads())
+        if code != 0:
+            raise RuntimeError(f"small int8 linear kernel refused its arguments ({code})")
         return out

@@ -83,6 +83,10 @@ PLANS: dict[str, dict[str, Any]] = {
                  "fused": False},
 }
 PACK_BATCH_HINT = 1024
+# int8 linears of at most this many rows per thread run in fused.SmallQLinear instead of oneDNN:
+# the 8 Terabyte MLP layers on the AMD VM, us per batch (oneDNN / kernel), 1 thread: 1 row
+# 135 / 70, 2 rows 144 / 85, 8 rows 165 / 131, 16 rows 194 / 211; 2 threads: 16 rows 177 / 131.
+SMALL_INT8_ROWS_PER_THREAD = 8
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
@@ -168,6 +172,23 @@ class PreparedModel:
         self.top_in = q8.QuantizeInput(*qp[n_bottom])
         self.top_qparams = qp[n_bottom]
         self.finish = torch.sigmoid
+        if self.gather is not None:  # the same kernel library, the same conditions
+            self._use_small_int8_kernel()
+
+    def _use_small_int8_kernel(self) -> None:
+        try:
+            for layer in [*self.bottom, *self.top]:
+                out_q = None if layer.out_dtype is not None else (layer.out_scale, layer.out_zp)
+                layer.use_small_kernel(fused.SmallQLinear(
+                    layer.weight_q, layer.w_scales, layer.bias, (layer.x_scale, layer.x_zp),
+                    out_q, relu=layer.post == "relu"), SMALL_INT8_ROWS_PER_THREAD)
+        except fused.KernelUnavailable as exc:
+            for layer in [*self.bottom, *self.top]:
+                layer.small = None
+            self.kernels["small_batch_int8_linear"] = f"oneDNN (VNNI kernel unavailable: {exc})"
+            return
+        self.kernels["small_batch_int8_linear"] = (
+            f"VNNI C kernel up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread, oneDNN above")
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool

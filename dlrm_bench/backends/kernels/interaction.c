@@ -24,7 +24,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 2; }
+int dlrm_kernel_abi(void) { return 3; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -154,4 +154,119 @@ int dlrm_gather_interact(
         }
     }
     return bad_id ? -2 : 0;
+}
+
+/* Small-batch int8 linear (u8 activations x s8 weights, AVX512-VNNI), for the few-row batches
+ * (latency mode, the weight-sharing layout's batch 16) where oneDNN's per-call cost is most of
+ * the time:
+ *   y[m, n] = post(scale[n] * (sum_k x[m, k] * w[n, k] - x_zp * colsum[n]) + bias[n])
+ * post = ReLU or none; then either uint8 (round(y * out_inv_scale + out_zp), clamped) or float32.
+ * Weights packed as [N/16][K/4][16][4] (N and K padded with zero weights), so one 64-byte load
+ * holds 4 k's of 16 outputs and one vpdpbusd adds them to 16 accumulators. */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+struct qepilogue {
+    __m512 scale, bias, out_inv_scale, out_zp;
+    __m512i zp_colsum;
+    __mmask16 keep;
+    int relu, out_u8;
+};
+
+static inline VNNI int32_t word_at(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline VNNI int32_t tail_word(const uint8_t *p, int64_t have) {
+    int32_t v = 0;
+    memcpy(&v, p, (size_t)have);
+    return v;
+}
+
+static inline VNNI void qstore(const struct qepilogue *e, __m512i acc, void *out, int64_t m,
+                               int64_t out_stride, int64_t n0) {
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, e->zp_colsum)), e->scale,
+                               e->bias);
+    if (e->relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+    if (e->out_u8) {
+        __m512 v = _mm512_fmadd_ps(y, e->out_inv_scale, e->out_zp);
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+        _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, e->keep,
+                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    } else {
+        _mm512_mask_storeu_ps((float *)out + m * out_stride + n0, e->keep, y);
+    }
+}
+
+VNNI int dlrm_qlinear_small(
+    int64_t rows, int64_t k, int64_t n,
+    const uint8_t *x, int64_t x_stride,
+    const int8_t *w_packed, const int32_t *colsum, const float *scale, const float *bias,
+    int32_t x_zp, int32_t relu, int32_t out_u8, float out_inv_scale, float out_zp,
+    void *out, int64_t out_stride, int32_t threads) {
+    const int64_t kw = (k + 3) / 4, kfull = k / 4, blocks = (n + 15) / 16;
+    const int64_t have = k - 4 * kfull; /* bytes in the last, partial word (0: none) */
+    if (rows <= 0) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks >= 8)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const __m512i *w = (const __m512i *)(w_packed + blk * kw * 64);
+        const int64_t n0 = blk * 16;
+        struct qepilogue e;
+        e.keep = n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - n0)) - 1);
+        e.scale = _mm512_maskz_loadu_ps(e.keep, scale + n0);
+        e.bias = _mm512_maskz_loadu_ps(e.keep, bias + n0);
+        e.zp_colsum = _mm512_mullo_epi32(_mm512_set1_epi32(x_zp),
+                                         _mm512_maskz_loadu_epi32(e.keep, colsum + n0));
+        e.out_inv_scale = _mm512_set1_ps(out_inv_scale);
+        e.out_zp = _mm512_set1_ps(out_zp);
+        e.relu = relu;
+        e.out_u8 = out_u8;
+        int64_t m = 0;
+        for (; m + 4 <= rows; m += 4) { /* four rows share each weight load */
+            const uint8_t *x0 = x + m * x_stride, *x1 = x0 + x_stride;
+            const uint8_t *x2 = x1 + x_stride, *x3 = x2 + x_stride;
+            __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+            __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+            for (int64_t q = 0; q < kfull; q++) {
+                const __m512i wq = _mm512_loadu_si512(w + q);
+                c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(word_at(x0 + 4 * q)), wq);
+                c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(word_at(x1 + 4 * q)), wq);
+                c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(word_at(x2 + 4 * q)), wq);
+                c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(word_at(x3 + 4 * q)), wq);
+            }
+            if (have) {
+                const __m512i wq = _mm512_loadu_si512(w + kfull);
+                const int64_t o = 4 * kfull;
+                c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(tail_word(x0 + o, have)), wq);
+                c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(tail_word(x1 + o, have)), wq);
+                c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(tail_word(x2 + o, have)), wq);
+                c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(tail_word(x3 + o, have)), wq);
+            }
+            qstore(&e, c0, out, m, out_stride, n0);
+            qstore(&e, c1, out, m + 1, out_stride, n0);
+            qstore(&e, c2, out, m + 2, out_stride, n0);
+            qstore(&e, c3, out, m + 3, out_stride, n0);
+        }
+        for (; m < rows; m++) { /* single rows: two chains over k */
+            const uint8_t *xr = x + m * x_stride;
+            __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+            int64_t q = 0;
+            for (; q + 2 <= kfull; q += 2) {
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(word_at(xr + 4 * q)),
+                                         _mm512_loadu_si512(w + q));
+                a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(word_at(xr + 4 * q + 4)),
+                                         _mm512_loadu_si512(w + q + 1));
+            }
+            for (; q < kfull; q++)
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(word_at(xr + 4 * q)),
+                                         _mm512_loadu_si512(w + q));
+            if (have)
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(tail_word(xr + 4 * kfull, have)),
+                                         _mm512_loadu_si512(w + kfull));
+            qstore(&e, _mm512_add_epi32(a0, a1), out, m, out_stride, n0);
+        }
+    }
+    return 0;
 }
