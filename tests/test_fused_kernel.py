@@ -182,7 +182,7 @@ needs_vnni = pytest.mark.skipif(not (HAS_KERNEL_CPU and "avx512_vnni" in cpu_fla
 @pytest.mark.parametrize("rows", [1, 3, 4, 9])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_int8_linear_equals_onednn(k: int, n: int, rows: int, threads: int) -> None:
-    """K not a multiple of 4, N not of 16, rows around the 4-row blocking, 1 and 2 threads."""
+    """K not a multiple of 4, N not of 16 nor of 32, rows around the 4-row tiles, 1-2 threads."""
     g = torch.Generator().manual_seed(k * n + rows)
     weight_q, w_scales = q8.quantize_weight(torch.randn(n, k, generator=g) * 0.05)
     bias = torch.randn(n, generator=g) * 0.1
@@ -193,7 +193,7 @@ def test_small_int8_linear_equals_onednn(k: int, n: int, rows: int, threads: int
         for out_q, relu in [((0.03, 7), True), (None, False)]:
             onednn = q8.QLinear(weight_q, w_scales, bias, (0.04, 100), out_q, torch.float32,
                                 relu=relu, batch_hint=1024)
-            kernel = fused.SmallQLinear(weight_q, w_scales, bias, (0.04, 100), out_q, relu=relu)
+            kernel = fused.SmallQMLP([onednn])
             expected, got = onednn(x), kernel(x)
             assert got.dtype == expected.dtype and got.shape == (rows, n)
             if out_q is None:
@@ -207,9 +207,30 @@ def test_small_int8_linear_equals_onednn(k: int, n: int, rows: int, threads: int
 
 
 @needs_vnni
-def test_int8_model_uses_the_small_kernel_only_for_small_batches(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_small_int8_chain_equals_layer_by_layer() -> None:
+    """float input quantized in the kernel, three layers through scratch rows, sigmoid head."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(13, 64), (64, 48), (48, 1)]
+    qparams = [(0.05, 3), (0.02, 0), (0.03, 0)]
+    layers = []
+    for i, (k, n) in enumerate(shapes):
+        weight_q, w_scales = q8.quantize_weight(torch.randn(n, k, generator=g) * 0.2)
+        last = i == len(shapes) - 1
+        layers.append(q8.QLinear(weight_q, w_scales, torch.randn(n, generator=g) * 0.1,
+                                 qparams[i], None if last else qparams[i + 1], torch.float32,
+                                 relu=not last, batch_hint=1024))
+    dense = torch.rand(6, 13, generator=g) * 8
+    z = q8.QuantizeInput(*qparams[0])(dense)
+    for layer in layers:
+        z = layer(z)
+    expected = torch.sigmoid(z)
+    got = fused.SmallQMLP(layers, float_input=True, sigmoid=True)(dense)
+    assert got.shape == (6, 1) and float(expected.std()) > 0.01
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-2)  # 1-LSB rounding ties
+
+
+@needs_vnni
+def test_int8_model_uses_the_small_kernel_only_for_small_batches() -> None:
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
     g = torch.Generator().manual_seed(11)
@@ -218,12 +239,33 @@ def test_int8_model_uses_the_small_kernel_only_for_small_batches(
     offsets = torch.arange(64).expand(spec.num_tables, 64).contiguous()
     batch = type("B", (), {"dense": dense, "offsets": offsets, "indices": ids})()
     prepared = native.prepare(model, "avx_int8", calibration=[batch])
-    assert prepared.kernels["small_batch_int8_linear"].startswith("VNNI C kernel")
+    assert prepared.kernels["small_batch_int8_mlp"].startswith("VNNI C kernel")
     calls: list[int] = []
-    first = prepared.top[0]
-    real = first.small
-    first.small = lambda x: (calls.append(x.shape[0]), real(x))[1]
-    one = prepared(dense[:1], offsets[:, :1], ids[:, :1])
-    big = prepared(dense, offsets, ids)
-    assert calls == [1], "64 rows must go to oneDNN, 1 row to the kernel"
-    assert float((one - big[:1]).abs().max()) <= 2e-2
+    real = prepared._forward_small_int8
+    prepared._forward_small_int8 = lambda d, i: (calls.append(d.shape[0]), real(d, i))[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the limit is 32 rows per thread
+    try:
+        small = prepared(dense[:5], offsets[:, :5], ids[:, :5])
+        big = prepared(dense, offsets, ids)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [5], "64 rows must go to oneDNN, 5 rows to the kernels"
+    assert float((small - big[:5]).abs().max()) <= 2e-2
+
+
+@needs_kernel
+def test_one_hot_check_matches_the_torch_one() -> None:
+    tables, _x, ids = tables_and_batch(40)
+    kernel = fused.GatherInteraction(tables, SIZES, "fp32")
+    reference = EmbeddingTables("fp32", tables, SIZES)
+    offsets = torch.arange(40).expand(T, 40)  # stride 0 over tables, as the data makes them
+    cases = [offsets, offsets.contiguous(), offsets[:, :20]]
+    multi = offsets.contiguous().clone()
+    multi[7, 3] = 2  # bag 2 of table 7 holds two ids
+    cases.append(multi)
+    for case in cases:
+        ids_case = ids[:, : case.shape[1]]
+        assert kernel.one_hot(case, ids_case) == reference.one_hot(case, ids_case)
+    assert kernel.one_hot(offsets, ids) and not kernel.one_hot(multi, ids)
+    assert not kernel.one_hot(offsets.int(), ids)

@@ -27,7 +27,7 @@ import torch
 
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 3
+ABI = 4
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -115,10 +115,12 @@ def load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     fn.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int32,
                    ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32]
-    small = lib.dlrm_qlinear_small
-    small.restype = ctypes.c_int
-    small.argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ctypes.c_int32, ctypes.c_int32,
-                      ctypes.c_int32, ctypes.c_float, ctypes.c_float, ptr, i64, ctypes.c_int32]
+    lib.dlrm_one_hot.restype = ctypes.c_int
+    lib.dlrm_one_hot.argtypes = [ptr, i64, i64, i64, i64]
+    mlp = lib.dlrm_qmlp_small
+    mlp.restype = ctypes.c_int
+    mlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ctypes.c_int32, ctypes.c_float,
+                    ctypes.c_float, ptr, ptr, i64, ptr, i64, ctypes.c_int32]
     return lib
 
 
@@ -168,6 +170,15 @@ class GatherInteraction:
         self.rows = torch.tensor(sizes, dtype=torch.int64)
         self.num_tables = len(sizes)
 
+    def one_hot(self, offsets: torch.Tensor, indices: torch.Tensor) -> bool:
+        """``EmbeddingTables.one_hot`` in one C call: ``offsets`` ``[T, B]`` is ``arange(B)``
+        in every row (and ``indices`` has one id per bag)."""
+        if (offsets.dtype != torch.int64 or offsets.dim() != 2
+                or offsets.shape[0] != self.num_tables or indices.shape != offsets.shape):
+            return False
+        return bool(self.lib.dlrm_one_hot(offsets.data_ptr(), offsets.stride(0),
+                                          offsets.stride(1), offsets.shape[0], offsets.shape[1]))
+
     def __call__(self, x: torch.Tensor, indices: torch.Tensor, out: torch.Tensor,
                  quantize: tuple[float, int] | None = None) -> torch.Tensor:
         """``x`` ``[B, D]`` float32, ``indices`` ``[T, B]`` int64 (one id per bag) -> ``out``
@@ -197,50 +208,90 @@ class GatherInteraction:
         return out
 
 
-class SmallQLinear:
-    """An int8 linear for few-row batches (``dlrm_qlinear_small`` in ``interaction.c``).
 
-    Same arithmetic as ``native_int8.QLinear`` (u8 input with one scale / zero point, s8 weights
-    with per-output scales, fp32 bias, ReLU, then uint8 in the next layer's qparams or float32)
-    without oneDNN's per-call cost, which dominates at 1-16 rows. Needs AVX512-VNNI.
+class QLayer(ctypes.Structure):
+    """``dlrm_qlayer`` of ``interaction.c``: one int8 linear of a small-batch chain."""
+
+    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("colsum", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("x_zp", ctypes.c_int32), ("post", ctypes.c_int32),
+                ("out_u8", ctypes.c_int32), ("out_inv_scale", ctypes.c_float),
+                ("out_zp", ctypes.c_float)]
+
+
+POSTS = {"none": 0, "relu": 1, "sigmoid": 2}
+MAX_LAYERS = 16
+
+
+class SmallQMLP:
+    """A chain of int8 linears for few-row batches, in one call (``dlrm_qmlp_small``).
+
+    ``layers``: objects with ``native_int8.QLinear``'s fields (``weight_q``, ``w_scales``,
+    ``bias``, ``x_scale``, ``x_zp``, ``out_scale``, ``out_zp``, ``out_dtype``: None for uint8
+    output, ``post``). Same arithmetic as running them one by one through oneDNN, without its
+    per-call cost and the Python between layers, which dominate at 1-16 rows. ``float_input``:
+    the chain takes float32 rows and quantizes them with the first layer's input qparams;
+    ``sigmoid``: the last layer's output goes through a sigmoid. Needs AVX512-VNNI.
     """
 
-    def __init__(self, weight_q: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor,
-                 x_qparams: tuple[float, int], out_qparams: tuple[float, int] | None,
-                 relu: bool) -> None:
+    def __init__(self, layers: list, float_input: bool = False, sigmoid: bool = False) -> None:
         self.lib = load()
         if "avx512_vnni" not in cpu_flags():
             raise KernelUnavailable("the CPU lacks avx512_vnni")
+        if not 0 < len(layers) <= MAX_LAYERS:
+            raise KernelUnavailable(f"the small int8 MLP takes 1-{MAX_LAYERS} layers")
+        self.keep: list[torch.Tensor] = []  # the packed tensors the C structs point into
+        self.structs = (QLayer * len(layers))()
+        for i, layer in enumerate(layers):
+            last = i == len(layers) - 1
+            if not last and layer.out_dtype is not None:
+                raise KernelUnavailable("inner layers of a chain must emit uint8")
+            self.structs[i] = self._layer(layer, "sigmoid" if (last and sigmoid) else layer.post)
+        first, final = layers[0], layers[-1]
+        self.k = int(first.weight_q.shape[1])
+        self.n = int(final.weight_q.shape[0])
+        self.out_u8 = final.out_dtype is None
+        self.float_input = float_input
+        self.x_inv_scale, self.x_zp = 1.0 / first.x_scale, float(first.x_zp)
+        self.width = max([self.k, *(int(layer.weight_q.shape[0]) for layer in layers)])
+        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _layer(self, layer, post: str) -> QLayer:
+        weight_q = layer.weight_q
         n, k = weight_q.shape
-        if k > 4096:
-            raise KernelUnavailable(f"the small int8 linear takes K <= 4096 (got {k})")
         n16, k4 = -(-n // 16) * 16, -(-k // 4) * 4
         padded = torch.zeros(n16, k4, dtype=torch.int8)
         padded[:n, :k] = weight_q
         # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: 4 k's of 16 outputs per 64-byte load
-        self.packed = padded.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
-        self.colsum = weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
-        self.scale = (float(x_qparams[0]) * w_scales.double()).float().contiguous()
-        self.bias = bias.detach().float().contiguous()
-        self.x_zp = int(x_qparams[1])
-        self.relu = relu
-        self.out_qparams = out_qparams
-        self.n, self.k = n, k
+        packed = padded.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+        colsum = weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
+        scale = (float(layer.x_scale) * layer.w_scales.double()).float().contiguous()
+        bias = layer.bias.detach().float().contiguous()
+        self.keep += [packed, colsum, scale, bias]
+        out_u8 = layer.out_dtype is None
+        return QLayer(k, n, packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
+                      bias.data_ptr(), int(layer.x_zp), POSTS[post], int(out_u8),
+                      1.0 / layer.out_scale if out_u8 else 1.0,
+                      float(layer.out_zp) if out_u8 else 0.0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` uint8 ``[M, K]`` (rows contiguous) -> uint8 or float32 ``[M, N]``."""
+        """``x`` ``[M, K]`` (uint8, or float32 with ``float_input``) -> ``[M, N]`` uint8/float32."""
         rows = x.shape[0]
-        if x.dtype != torch.uint8 or x.shape[1] != self.k or x.stride(1) != 1:
-            raise ValueError(f"x must be a row-contiguous uint8 [M, {self.k}] tensor")
-        out_u8 = self.out_qparams is not None
-        out = torch.empty(rows, self.n, dtype=torch.uint8 if out_u8 else torch.float32)
-        inv, zp = ((1.0 / self.out_qparams[0], float(self.out_qparams[1])) if out_u8
-                   else (1.0, 0.0))
-        code = self.lib.dlrm_qlinear_small(
-            rows, self.k, self.n, x.data_ptr(), x.stride(0), self.packed.data_ptr(),
-            self.colsum.data_ptr(), self.scale.data_ptr(), self.bias.data_ptr(), self.x_zp,
-            int(self.relu), int(out_u8), inv, zp, out.data_ptr(), out.stride(0),
+        want = torch.float32 if self.float_input else torch.uint8
+        if x.dtype != want or x.shape[1] != self.k or x.stride(1) != 1:
+            raise ValueError(f"x must be a row-contiguous {want} [M, {self.k}] tensor")
+        scratch = self._scratch.get(rows)
+        if scratch is None:
+            if len(self._scratch) > 8:
+                self._scratch.clear()
+            scratch = self._scratch[rows] = (torch.empty(rows, self.width, dtype=torch.uint8),
+                                             torch.empty(rows, self.width, dtype=torch.uint8))
+        out = torch.empty(rows, self.n, dtype=torch.uint8 if self.out_u8 else torch.float32)
+        code = self.lib.dlrm_qmlp_small(
+            rows, self.structs, len(self.structs), x.data_ptr(), x.stride(0),
+            int(self.float_input), self.x_inv_scale, self.x_zp, scratch[0].data_ptr(),
+            scratch[1].data_ptr(), self.width, out.data_ptr(), out.stride(0),
             torch.get_num_threads())
         if code != 0:
-            raise RuntimeError(f"small int8 linear kernel refused its arguments ({code})")
+            raise RuntimeError(f"small int8 MLP kernel refused its arguments ({code})")
         return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ PLANS: dict[str, dict[str, Any]] = {
                  "fused": False},
 }
 PACK_BATCH_HINT = 1024
-# int8 linears of at most this many rows per thread run in fused.SmallQLinear instead of oneDNN:
-# the 8 Terabyte MLP layers on the AMD VM, us per batch (oneDNN / kernel), 1 thread: 1 row
-# 135 / 70, 2 rows 144 / 85, 8 rows 165 / 131, 16 rows 194 / 211; 2 threads: 16 rows 177 / 131.
-SMALL_INT8_ROWS_PER_THREAD = 8
+# int8 batches of at most this many rows per thread run their MLPs in fused.SmallQMLP, not oneDNN:
+# the 8 Terabyte MLP layers (with the input quantization and the sigmoid) on the AMD VM, us per
+# batch, oneDNN layer by layer / one kernel call: 1 thread, 1 row 161 / 42, 16 rows 227 / 145,
+# 32 rows 342 / 286, 64 rows 524 / 615; 2 threads, 16 rows 179 / 102, 64 rows 424 / 353,
+# 128 rows 681 / 658, 256 rows 1052 / 1318.
+SMALL_INT8_ROWS_PER_THREAD = 32
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
@@ -117,6 +120,8 @@ class PreparedModel:
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
         self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
+        self.small_bottom: fused.SmallQMLP | None = None  # int8, few rows: one C call per MLP
+        self.small_top: fused.SmallQMLP | None = None
         with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
                 self._build_int8()
@@ -177,22 +182,20 @@ class PreparedModel:
 
     def _use_small_int8_kernel(self) -> None:
         try:
-            for layer in [*self.bottom, *self.top]:
-                out_q = None if layer.out_dtype is not None else (layer.out_scale, layer.out_zp)
-                layer.use_small_kernel(fused.SmallQLinear(
-                    layer.weight_q, layer.w_scales, layer.bias, (layer.x_scale, layer.x_zp),
-                    out_q, relu=layer.post == "relu"), SMALL_INT8_ROWS_PER_THREAD)
+            self.small_bottom = fused.SmallQMLP(self.bottom, float_input=True)
+            self.small_top = fused.SmallQMLP(self.top, sigmoid=True)
         except fused.KernelUnavailable as exc:
-            for layer in [*self.bottom, *self.top]:
-                layer.small = None
-            self.kernels["small_batch_int8_linear"] = f"oneDNN (VNNI kernel unavailable: {exc})"
+            self.kernels["small_batch_int8_mlp"] = f"oneDNN (VNNI kernel unavailable: {exc})"
             return
-        self.kernels["small_batch_int8_linear"] = (
+        self.kernels["small_batch_int8_mlp"] = (
             f"VNNI C kernel up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread, oneDNN above")
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
     ) -> torch.Tensor:
+        if (self.small_top is not None and one_hot
+                and dense.shape[0] <= SMALL_INT8_ROWS_PER_THREAD * torch.get_num_threads()):
+            return self._forward_small_int8(dense, indices)
         x = self.bottom_in(dense)
         for layer in self.bottom:
             x = layer(x)
@@ -209,14 +212,27 @@ class PreparedModel:
             z = layer(z)
         return self.finish(z)
 
+    def _forward_small_int8(self, dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Few rows: bottom MLP, gather + interaction, top MLP (+ sigmoid): three C calls."""
+        assert self.small_bottom is not None and self.small_top is not None
+        assert self.gather is not None and self.top_qparams is not None
+        x = self.small_bottom(dense if dense.dtype == torch.float32 else dense.float())
+        width = x.shape[1] + self.spec.num_tables * (self.spec.num_tables + 1) // 2
+        z = self.tables.workspace.get("z", (x.shape[0], width), torch.uint8)
+        self.gather(x, indices, z, quantize=self.top_qparams)
+        return self.small_top(z)
+
     @torch.inference_mode()
     def __call__(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
         """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
         batch = dense.shape[0]
-        one_hot = self.tables.one_hot(offsets, indices)
-        with fp32_matmul_precision(self.math_mode):
+        if self.gather is not None and isinstance(offsets, torch.Tensor):
+            one_hot = self.gather.one_hot(offsets, indices)
+        else:
+            one_hot = self.tables.one_hot(offsets, indices)
+        with fp32_matmul_precision(self.math_mode) if self.math_mode else nullcontext():
             if batch <= self.chunk or not one_hot:
                 return self._forward(dense, offsets, indices, one_hot)
             outs = []

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -191,18 +191,8 @@ class QLinear:
             self.out_dtype = None  # uint8
         self.post = "relu" if relu else "none"
 
-        self.small: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.small_rows_per_thread = 0
-
-    def use_small_kernel(self, kernel: Callable[[torch.Tensor], torch.Tensor], rows: int) -> None:
-        """Batches of at most ``rows`` rows per thread go to ``kernel`` (``fused.SmallQLinear``)."""
-        self.small, self.small_rows_per_thread = kernel, rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.small is not None and (
-                x.shape[0] <= self.small_rows_per_thread * torch.get_num_threads()):
-            y = self.small(x)
-            return y if self.out_dtype in (None, torch.float32) else y.to(self.out_dtype)
         return torch.ops.onednn.qlinear_pointwise(
             x, self.x_scale, self.x_zp, self.packed, self.w_scales, self.w_zps, self.bias,
             self.out_scale, self.out_zp, self.out_dtype, self.post, [], "",

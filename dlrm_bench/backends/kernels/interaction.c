@@ -24,7 +24,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 3; }
+int dlrm_kernel_abi(void) { return 4; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -87,6 +87,15 @@ static inline void quantize_to(const float *src, int64_t n, float inv_scale, flo
         float v = nearbyintf(src[k] * inv_scale + zero_point);
         dst[k] = (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
     }
+}
+
+/* 1 when every bag holds one id, i.e. offsets[t][b] == b for all t, b (the data's layout). */
+int dlrm_one_hot(const int64_t *offsets, int64_t stride_t, int64_t stride_b, int64_t num_tables,
+                 int64_t batch) {
+    for (int64_t t = 0; t < num_tables; t++)
+        for (int64_t b = 0; b < batch; b++)
+            if (offsets[t * stride_t + b * stride_b] != b) return 0;
+    return 1;
 }
 
 /* Returns 0; -1 for arguments the kernel does not handle (the caller checks first); -2 when an
@@ -156,21 +165,26 @@ int dlrm_gather_interact(
     return bad_id ? -2 : 0;
 }
 
-/* Small-batch int8 linear (u8 activations x s8 weights, AVX512-VNNI), for the few-row batches
- * (latency mode, the weight-sharing layout's batch 16) where oneDNN's per-call cost is most of
- * the time:
+/* Small-batch int8 MLP (u8 activations x s8 weights, AVX512-VNNI), for the few-row batches
+ * (latency mode, the weight-sharing layout's batch 16) where oneDNN's per-call cost and the
+ * Python between layers are most of the time. One call runs a chain of layers; layer l:
  *   y[m, n] = post(scale[n] * (sum_k x[m, k] * w[n, k] - x_zp * colsum[n]) + bias[n])
- * post = ReLU or none; then either uint8 (round(y * out_inv_scale + out_zp), clamped) or float32.
+ * post = ReLU, sigmoid or none; then uint8 (round(y * out_inv_scale + out_zp), clamped: the next
+ * layer's input) or float32 (the chain's output). A float32 input is quantized first.
  * Weights packed as [N/16][K/4][16][4] (N and K padded with zero weights), so one 64-byte load
  * holds 4 k's of 16 outputs and one vpdpbusd adds them to 16 accumulators. */
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define MAX_LAYERS 16
 
-struct qepilogue {
-    __m512 scale, bias, out_inv_scale, out_zp;
-    __m512i zp_colsum;
-    __mmask16 keep;
-    int relu, out_u8;
-};
+typedef struct {
+    int64_t k, n;
+    const int8_t *w;
+    const int32_t *colsum;
+    const float *scale, *bias;
+    int32_t x_zp, post; /* post: 0 none, 1 relu, 2 sigmoid */
+    int32_t out_u8;
+    float out_inv_scale, out_zp;
+} dlrm_qlayer;
 
 static inline VNNI int32_t word_at(const uint8_t *p) {
     int32_t v;
@@ -184,88 +198,126 @@ static inline VNNI int32_t tail_word(const uint8_t *p, int64_t have) {
     return v;
 }
 
-static inline VNNI void qstore(const struct qepilogue *e, __m512i acc, void *out, int64_t m,
-                               int64_t out_stride, int64_t n0) {
-    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, e->zp_colsum)), e->scale,
-                               e->bias);
-    if (e->relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
-    if (e->out_u8) {
-        __m512 v = _mm512_fmadd_ps(y, e->out_inv_scale, e->out_zp);
+static inline VNNI __mmask16 keep_of(const dlrm_qlayer *L, int64_t n0) {
+    return L->n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L->n - n0)) - 1);
+}
+
+static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, void *out,
+                               int64_t m, int64_t out_stride) {
+    const __mmask16 keep = keep_of(L, n0);
+    const __m512i zc = _mm512_mullo_epi32(_mm512_set1_epi32(L->x_zp),
+                                          _mm512_maskz_loadu_epi32(keep, L->colsum + n0));
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zc)),
+                               _mm512_maskz_loadu_ps(keep, L->scale + n0),
+                               _mm512_maskz_loadu_ps(keep, L->bias + n0));
+    if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
+    if (L->out_u8) {
+        __m512 v = _mm512_fmadd_ps(y, _mm512_set1_ps(L->out_inv_scale), _mm512_set1_ps(L->out_zp));
         v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
-        _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, e->keep,
+        _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, keep,
                              _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-    } else {
-        _mm512_mask_storeu_ps((float *)out + m * out_stride + n0, e->keep, y);
+        return;
+    }
+    float *dst = (float *)out + m * out_stride + n0;
+    if (L->post == 2) { /* the 1-wide head: a few scalars */
+        float tmp[16];
+        _mm512_storeu_ps(tmp, y);
+        for (int j = 0; j < 16; j++)
+            if (keep >> j & 1) dst[j] = 1.0f / (1.0f + expf(-tmp[j]));
+        return;
+    }
+    _mm512_mask_storeu_ps(dst, keep, y);
+}
+
+/* R rows (1..4) x NB output blocks (1..2) of one layer: R * NB independent vpdpbusd chains share
+ * each weight load (NB) and each broadcast input word (R). Inlined with constant R and NB. */
+static inline __attribute__((always_inline)) VNNI void qtile(
+    const dlrm_qlayer *L, int R, int NB, int64_t blk, const uint8_t *x, int64_t x_stride,
+    int64_t m0, void *out, int64_t out_stride) {
+    const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull;
+    const __m512i *w0 = (const __m512i *)(L->w + blk * kw * 64);
+    const __m512i *w1 = w0 + kw;
+    __m512i acc[4][2];
+    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < kfull; q++) { /* no call in this loop: accumulators stay in zmm */
+        const __m512i wa = _mm512_loadu_si512(w0 + q);
+        const __m512i wb = NB > 1 ? _mm512_loadu_si512(w1 + q) : wa;
+        for (int r = 0; r < R; r++) {
+            const __m512i bx = _mm512_set1_epi32(word_at(x + (m0 + r) * x_stride + 4 * q));
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], bx, wa);
+            if (NB > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], bx, wb);
+        }
+    }
+    if (have) { /* the last, partial word of k (weights beyond k are zero) */
+        const __m512i wa = _mm512_loadu_si512(w0 + kfull);
+        const __m512i wb = NB > 1 ? _mm512_loadu_si512(w1 + kfull) : wa;
+        for (int r = 0; r < R; r++) {
+            const __m512i bx = _mm512_set1_epi32(
+                tail_word(x + (m0 + r) * x_stride + 4 * kfull, have));
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], bx, wa);
+            if (NB > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], bx, wb);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        qstore(L, acc[r][0], blk * 16, out, m0 + r, out_stride);
+        if (NB > 1) qstore(L, acc[r][1], blk * 16 + 16, out, m0 + r, out_stride);
     }
 }
 
-VNNI int dlrm_qlinear_small(
-    int64_t rows, int64_t k, int64_t n,
-    const uint8_t *x, int64_t x_stride,
-    const int8_t *w_packed, const int32_t *colsum, const float *scale, const float *bias,
-    int32_t x_zp, int32_t relu, int32_t out_u8, float out_inv_scale, float out_zp,
+static VNNI void qlayer_rows(const dlrm_qlayer *L, int NB, int64_t blk, const uint8_t *x,
+                             int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
+    int64_t m = 0;
+    for (; m + 4 <= rows; m += 4) {
+        if (NB > 1) qtile(L, 4, 2, blk, x, x_stride, m, out, out_stride);
+        else qtile(L, 4, 1, blk, x, x_stride, m, out, out_stride);
+    }
+    for (; m < rows; m++) {
+        if (NB > 1) qtile(L, 1, 2, blk, x, x_stride, m, out, out_stride);
+        else qtile(L, 1, 1, blk, x, x_stride, m, out, out_stride);
+    }
+}
+
+/* Runs layers[0..n_layers) on rows of x (uint8 [rows, k0], or float32 quantized first with
+ * x_inv_scale / x_zero_point); intermediate uint8 rows alternate between scratch_a/scratch_b
+ * ([rows, scratch_stride] each); the last layer writes out. Returns 0, -1 on bad arguments. */
+VNNI int dlrm_qmlp_small(
+    int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
+    const void *x, int64_t x_stride, int32_t x_float, float x_inv_scale, float x_zero_point,
+    uint8_t *scratch_a, uint8_t *scratch_b, int64_t scratch_stride,
     void *out, int64_t out_stride, int32_t threads) {
-    const int64_t kw = (k + 3) / 4, kfull = k / 4, blocks = (n + 15) / 16;
-    const int64_t have = k - 4 * kfull; /* bytes in the last, partial word (0: none) */
-    if (rows <= 0) return -1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks >= 8)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const __m512i *w = (const __m512i *)(w_packed + blk * kw * 64);
-        const int64_t n0 = blk * 16;
-        struct qepilogue e;
-        e.keep = n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - n0)) - 1);
-        e.scale = _mm512_maskz_loadu_ps(e.keep, scale + n0);
-        e.bias = _mm512_maskz_loadu_ps(e.keep, bias + n0);
-        e.zp_colsum = _mm512_mullo_epi32(_mm512_set1_epi32(x_zp),
-                                         _mm512_maskz_loadu_epi32(e.keep, colsum + n0));
-        e.out_inv_scale = _mm512_set1_ps(out_inv_scale);
-        e.out_zp = _mm512_set1_ps(out_zp);
-        e.relu = relu;
-        e.out_u8 = out_u8;
-        int64_t m = 0;
-        for (; m + 4 <= rows; m += 4) { /* four rows share each weight load */
-            const uint8_t *x0 = x + m * x_stride, *x1 = x0 + x_stride;
-            const uint8_t *x2 = x1 + x_stride, *x3 = x2 + x_stride;
-            __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
-            __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-            for (int64_t q = 0; q < kfull; q++) {
-                const __m512i wq = _mm512_loadu_si512(w + q);
-                c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(word_at(x0 + 4 * q)), wq);
-                c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(word_at(x1 + 4 * q)), wq);
-                c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(word_at(x2 + 4 * q)), wq);
-                c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(word_at(x3 + 4 * q)), wq);
-            }
-            if (have) {
-                const __m512i wq = _mm512_loadu_si512(w + kfull);
-                const int64_t o = 4 * kfull;
-                c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(tail_word(x0 + o, have)), wq);
-                c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(tail_word(x1 + o, have)), wq);
-                c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(tail_word(x2 + o, have)), wq);
-                c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(tail_word(x3 + o, have)), wq);
-            }
-            qstore(&e, c0, out, m, out_stride, n0);
-            qstore(&e, c1, out, m + 1, out_stride, n0);
-            qstore(&e, c2, out, m + 2, out_stride, n0);
-            qstore(&e, c3, out, m + 3, out_stride, n0);
+    if (rows <= 0 || n_layers <= 0 || n_layers > MAX_LAYERS) return -1;
+    for (int32_t l = 0; l < n_layers; l++) {
+        if (l + 1 < n_layers && (!layers[l].out_u8 || layers[l].n > scratch_stride)) return -1;
+        if (l > 0 && layers[l].k != layers[l - 1].n) return -1;
+    }
+    if (x_float && layers[0].k > scratch_stride) return -1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const uint8_t *in = (const uint8_t *)x;
+        int64_t in_stride = x_stride;
+        if (x_float) {
+#pragma omp for schedule(static)
+            for (int64_t m = 0; m < rows; m++)
+                quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale,
+                            x_zero_point, scratch_b + m * scratch_stride);
+            in = scratch_b;
+            in_stride = scratch_stride;
         }
-        for (; m < rows; m++) { /* single rows: two chains over k */
-            const uint8_t *xr = x + m * x_stride;
-            __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-            int64_t q = 0;
-            for (; q + 2 <= kfull; q += 2) {
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(word_at(xr + 4 * q)),
-                                         _mm512_loadu_si512(w + q));
-                a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(word_at(xr + 4 * q + 4)),
-                                         _mm512_loadu_si512(w + q + 1));
+        for (int32_t l = 0; l < n_layers; l++) {
+            const dlrm_qlayer *L = &layers[l];
+            const int last = l + 1 == n_layers;
+            uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
+            void *o = last ? out : (void *)dst;
+            const int64_t o_stride = last ? out_stride : scratch_stride;
+            const int64_t blocks = (L->n + 15) / 16, pairs = (blocks + 1) / 2;
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < pairs; p++) {
+                const int nb = 2 * p + 1 < blocks ? 2 : 1;
+                qlayer_rows(L, nb, 2 * p, in, in_stride, rows, o, o_stride);
             }
-            for (; q < kfull; q++)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(word_at(xr + 4 * q)),
-                                         _mm512_loadu_si512(w + q));
-            if (have)
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(tail_word(xr + 4 * kfull, have)),
-                                         _mm512_loadu_si512(w + kfull));
-            qstore(&e, _mm512_add_epi32(a0, a1), out, m, out_stride, n0);
+            in = dst;
+            in_stride = scratch_stride;
         }
     }
     return 0;
