@@ -86,9 +86,10 @@ PLANS: dict[str, dict[str, Any]] = {
 PACK_BATCH_HINT = 1024
 # int8 batches of at most this many rows per thread run their MLPs in fused.SmallQMLP, not oneDNN:
 # the 8 Terabyte MLP layers (with the input quantization and the sigmoid) on the AMD VM, us per
-# batch, oneDNN layer by layer / one kernel call: 1 thread, 1 row 161 / 42, 16 rows 227 / 145,
-# 32 rows 342 / 286, 64 rows 524 / 615; 2 threads, 16 rows 179 / 102, 64 rows 424 / 353,
-# 128 rows 681 / 658, 256 rows 1052 / 1318.
+# batch, oneDNN layer by layer / one kernel call (4 rows x 4 output blocks per tile; same-run
+# pairs, the VM drifts): 1 thread, 1 row 238 / 50, 16 rows 330 / 168,
+# 32 rows 477 / 324, 64 rows 679 / 704; 2 threads, 16 rows 252 / 98, 64 rows 483 / 379,
+# 128 rows 674 / 727.
 SMALL_INT8_ROWS_PER_THREAD = 32
 
 

@@ -230,52 +230,49 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
     _mm512_mask_storeu_ps(dst, keep, y);
 }
 
-/* R rows (1..4) x NB output blocks (1..2) of one layer: R * NB independent vpdpbusd chains share
+/* R rows (1..4) x NB output blocks (1..4) of one layer: R * NB independent vpdpbusd chains share
  * each weight load (NB) and each broadcast input word (R). Inlined with constant R and NB. */
 static inline __attribute__((always_inline)) VNNI void qtile(
     const dlrm_qlayer *L, int R, int NB, int64_t blk, const uint8_t *x, int64_t x_stride,
     int64_t m0, void *out, int64_t out_stride) {
     const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull;
-    const __m512i *w0 = (const __m512i *)(L->w + blk * kw * 64);
-    const __m512i *w1 = w0 + kw;
-    __m512i acc[4][2];
-    for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    const __m512i *w = (const __m512i *)(L->w + blk * kw * 64);
+    __m512i acc[4][4], wv[4];
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < 4; b++) acc[r][b] = _mm512_setzero_si512();
     for (int64_t q = 0; q < kfull; q++) { /* no call in this loop: accumulators stay in zmm */
-        const __m512i wa = _mm512_loadu_si512(w0 + q);
-        const __m512i wb = NB > 1 ? _mm512_loadu_si512(w1 + q) : wa;
+        for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(w + b * kw + q);
         for (int r = 0; r < R; r++) {
             const __m512i bx = _mm512_set1_epi32(word_at(x + (m0 + r) * x_stride + 4 * q));
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], bx, wa);
-            if (NB > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], bx, wb);
+            for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], bx, wv[b]);
         }
     }
     if (have) { /* the last, partial word of k (weights beyond k are zero) */
-        const __m512i wa = _mm512_loadu_si512(w0 + kfull);
-        const __m512i wb = NB > 1 ? _mm512_loadu_si512(w1 + kfull) : wa;
+        for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(w + b * kw + kfull);
         for (int r = 0; r < R; r++) {
             const __m512i bx = _mm512_set1_epi32(
                 tail_word(x + (m0 + r) * x_stride + 4 * kfull, have));
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], bx, wa);
-            if (NB > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], bx, wb);
+            for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], bx, wv[b]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        qstore(L, acc[r][0], blk * 16, out, m0 + r, out_stride);
-        if (NB > 1) qstore(L, acc[r][1], blk * 16 + 16, out, m0 + r, out_stride);
-    }
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < NB; b++)
+            qstore(L, acc[r][b], (blk + b) * 16, out, m0 + r, out_stride);
 }
 
-static VNNI void qlayer_rows(const dlrm_qlayer *L, int NB, int64_t blk, const uint8_t *x,
+#define QTILE_NB(R, NB) \
+    switch (NB) { \
+    case 4: qtile(L, R, 4, blk, x, x_stride, m, out, out_stride); break; \
+    case 3: qtile(L, R, 3, blk, x, x_stride, m, out, out_stride); break; \
+    case 2: qtile(L, R, 2, blk, x, x_stride, m, out, out_stride); break; \
+    default: qtile(L, R, 1, blk, x, x_stride, m, out, out_stride); \
+    }
+
+static VNNI void qlayer_rows(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
                              int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
     int64_t m = 0;
-    for (; m + 4 <= rows; m += 4) {
-        if (NB > 1) qtile(L, 4, 2, blk, x, x_stride, m, out, out_stride);
-        else qtile(L, 4, 1, blk, x, x_stride, m, out, out_stride);
-    }
-    for (; m < rows; m++) {
-        if (NB > 1) qtile(L, 1, 2, blk, x, x_stride, m, out, out_stride);
-        else qtile(L, 1, 1, blk, x, x_stride, m, out, out_stride);
-    }
+    for (; m + 4 <= rows; m += 4) QTILE_NB(4, nb)
+    for (; m < rows; m++) QTILE_NB(1, nb)
 }
 
 /* Runs layers[0..n_layers) on rows of x (uint8 [rows, k0], or float32 quantized first with
@@ -310,11 +307,11 @@ VNNI int dlrm_qmlp_small(
             uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
             void *o = last ? out : (void *)dst;
             const int64_t o_stride = last ? out_stride : scratch_stride;
-            const int64_t blocks = (L->n + 15) / 16, pairs = (blocks + 1) / 2;
+            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < pairs; p++) {
-                const int nb = 2 * p + 1 < blocks ? 2 : 1;
-                qlayer_rows(L, nb, 2 * p, in, in_stride, rows, o, o_stride);
+            for (int64_t g = 0; g < groups; g++) {
+                const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+                qlayer_rows(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
             }
             in = dst;
             in_stride = scratch_stride;
