@@ -151,6 +151,7 @@ def run_worker(args: argparse.Namespace, backend: str, precision: str, repeat: i
                         "elapsed_s": r["elapsed_s"], "prepare_s": r["prepare_s"],
                         "first_call_s": r["first_call_s"],
                         "cpu_utilisation": r["timed_cpu_utilisation"],
+                        "kernels": (r.get("weights") or {}).get("kernels"),
                         "versions": result["versions"]})
         print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
               f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)

@@ -112,6 +112,14 @@ def markdown(doc: dict[str, Any]) -> str:
     for precision, peak in doc["peaks"].items():
         lines.append(f"| {precision} | {_num(peak.get('peak_gflops'), 1)} | "
                      f"{peak.get('best') or '—'} |")
+    kernels: dict[str, dict[str, str]] = {}
+    for r in doc["runs"]:
+        if r.get("backend") == "native" and r.get("kernels"):
+            kernels.setdefault(r["precision"], r["kernels"])
+    if kernels:  # which native kernels ran (the fused ones, or why not)
+        lines += ["", "Native kernels: " + "; ".join(
+            f"{p}: " + ", ".join(f"{k} = {v}" for k, v in ks.items())
+            for p, ks in kernels.items())]
     failed = [(r["precision"], r["layout"], b, e[0][:120]) for r in rows
               for b, e in r.get("errors", {}).items()]
     if failed:
