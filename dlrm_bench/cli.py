@@ -19,7 +19,7 @@ from dlrm_bench.errors import UserError
 # Storage failures reported as one line (exit 1): disk full, quota, read-only, too large, I/O.
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
 COMMAND_MODULES = ("run", "cases", "suite", "data", "launch", "kpi", "cluster", "report",
-                   "compare")
+                   "compare", "kernels")
 
 
 class OneLineParser(argparse.ArgumentParser):

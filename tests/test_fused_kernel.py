@@ -127,9 +127,10 @@ def test_wrong_output_buffer_is_refused() -> None:
 
 @needs_kernel
 def test_build_is_cached_by_content(tmp_path) -> None:
-    first = fused.build(tmp_path)
+    first, built = fused.build(tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert fused.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert built and fused.build(tmp_path) == (first, False)
+    assert first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "build leftovers"
 
 
@@ -269,3 +270,28 @@ def test_one_hot_check_matches_the_torch_one() -> None:
         assert kernel.one_hot(case, ids_case) == reference.one_hot(case, ids_case)
     assert kernel.one_hot(offsets, ids) and not kernel.one_hot(multi, ids)
     assert not kernel.one_hot(offsets.int(), ids)
+
+
+def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, fused.ENV_CACHE: str(tmp_path / "cache")}
+    env.pop(fused.ENV_SWITCH, None)
+    cmd = [sys.executable, "-m", "dlrm_bench", "kernels", "--json"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    state = json.loads(first.stdout)
+    if HAS_KERNEL_CPU:
+        assert state["available"] and state["built_now"], state
+        again = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                          timeout=300).stdout)
+        assert again["available"] and not again["built_now"] and again["path"] == state["path"]
+    off = subprocess.run([*cmd[:-1], "--require"], env={**env, fused.ENV_SWITCH: "0"},
+                         capture_output=True, text=True, timeout=300)
+    assert off.returncode == 2
+    assert off.stderr.strip() == ("dlrm-bench: error: fused kernels cannot run here: turned off "
+                                  "by DLRM_BENCH_FUSED=0")
+    assert "unavailable: turned off by DLRM_BENCH_FUSED=0" in off.stdout

@@ -44,6 +44,25 @@ class KernelUnavailable(RuntimeError):
     """The fused kernel cannot run here; the message says why."""
 
 
+def status() -> dict[str, object]:
+    """Build (if needed) and load the kernels here: ``available``, ``path``, ``built_now``,
+    ``reason`` (why not), ``cache`` (what ``dlrm-bench kernels`` prints)."""
+    result: dict[str, object] = {"available": False, "path": None, "built_now": False,
+                                 "reason": None, "cache": str(cache_dir())}
+    try:
+        if os.environ.get(ENV_SWITCH, "1") != "0":
+            missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
+            if not missing:
+                path, built_now = build()
+                result.update(path=str(path), built_now=built_now)
+        load()
+    except KernelUnavailable as exc:
+        result["reason"] = str(exc)
+        return result
+    result["available"] = True
+    return result
+
+
 def cache_dir() -> Path:
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE])
@@ -59,8 +78,9 @@ def _compiler() -> str:
     return path
 
 
-def build(directory: Path | None = None) -> Path:
-    """The compiled kernel's path, compiling it first if this source/compiler/flags is new.
+def build(directory: Path | None = None) -> tuple[Path, bool]:
+    """The compiled kernel's path and whether it was compiled now (this source, compiler and
+    flags were new here).
 
     The file name carries a hash of all three, so an edited kernel or another compiler never
     loads a stale build; the build goes to a temporary name and is renamed into place, so
@@ -77,7 +97,7 @@ def build(directory: Path | None = None) -> Path:
     directory = Path(directory) if directory is not None else cache_dir()
     target = directory / f"interaction-{key.hexdigest()[:16]}.so"
     if target.exists():
-        return target
+        return target, False
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
@@ -92,7 +112,7 @@ def build(directory: Path | None = None) -> Path:
             os.replace(built, target)
     except OSError as exc:
         raise KernelUnavailable(f"cannot build the kernel in {directory}: {exc}") from None
-    return target
+    return target, True
 
 
 @cache
@@ -105,7 +125,7 @@ def load() -> ctypes.CDLL:
         raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
     torch.get_num_threads()  # torch (and with it its OpenMP runtime) is loaded before the kernel
     try:
-        lib = ctypes.CDLL(str(build()))
+        lib = ctypes.CDLL(str(build()[0]))
     except OSError as exc:
         raise KernelUnavailable(f"cannot load the kernel: {exc}") from None
     if lib.dlrm_kernel_abi() != ABI:
