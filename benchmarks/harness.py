@@ -15,10 +15,12 @@ stream per physical core over one memory-mapped copy of the weights). Prepared w
 calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
+``--backends`` may also name native variants (``VARIANTS``): ``native-unfused`` (the fused C
+kernels off) and ``native-fused-all`` (on for the amx_* plans too), columns of the same table.
 
 Roofline. For each precision, benchmarks/harness_peaks.py measures (in the main venv, in a
 process with that precision's ISA caps, with ``--threads`` threads) the best of two GEMM kernels
-of the precision's datatype on n x n x n products (n = 2048 and 4096; see its docstring): fp32
+of the precision's datatype on n x n x n products (n = 1024, 2048, 4096; see its docstring): fp32
 ``torch.mm`` (MKL) or oneDNN prepacked linear; bf32 the same in oneDNN's bf16 math mode; bf16
 ``torch.mm`` / oneDNN prepacked linear in bf16; int8 ``torch._int_mm`` or oneDNN ``qlinear``
 (u8 x s8). It runs at the start and at the end; the peak is the larger. Fraction of the roofline
@@ -57,6 +59,15 @@ from dlrm_bench.results import atomic_write_json, atomic_write_text, host_facts,
 
 VENVS = {"native": REPO / ".venv" / "bin" / "python",
          "ipex": REPO / ".venv-ipex" / "bin" / "python"}
+# --backends names: a backend and the environment it runs with. The native variants switch its
+# fused C kernels (dlrm_bench/backends/fused.py) off, or on for the amx_* plans too, so that what
+# they add is measured in the same run: --backends native,native-unfused,ipex
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "native": ("native", {}),
+    "ipex": ("ipex", {}),
+    "native-unfused": ("native", {"DLRM_BENCH_FUSED": "0"}),
+    "native-fused-all": ("native", {"DLRM_BENCH_FUSED": "all"}),
+}
 DEFAULT_PRECISIONS = "avx_fp32,amx_bfloat16,amx_int8"
 
 
@@ -125,19 +136,20 @@ def _calibration(cache: Path, backend: str) -> str:
     return str(cache / f"calibration-{backend}.json")
 
 
-def run_worker(args: argparse.Namespace, backend: str, precision: str, repeat: int,
+def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: int,
                cache: Path, work: Path) -> list[dict[str, Any]]:
     plan = [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
              args.max_steps] for b in args.batches]
-    tag = f"{backend}-{precision}-r{repeat}"
+    backend, extra_env = VARIANTS[variant]
+    tag = f"{variant}-{precision}-r{repeat}"
     out, load = work / f"{tag}.json", loadavg()
     error = _call([str(VENVS[backend]), str(REPO / "benchmarks" / "harness_worker.py"),
                    "--backend", backend, "--precision", precision, "--preset", args.preset,
                    "--seed", str(args.seed), "--threads", str(args.threads),
                    "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
                    "--calibration-file", _calibration(cache, backend), "--out", str(out)],
-                  work / f"{tag}.log", base_env(args.threads), 1800)
-    common = {"backend": backend, "precision": precision, "repeat": repeat, "loadavg_1m": load,
+                  work / f"{tag}.log", {**base_env(args.threads), **extra_env}, 1800)
+    common = {"backend": variant, "precision": precision, "repeat": repeat, "loadavg_1m": load,
               "process_wall_s": WALL.get(tag)}
     if error is not None:
         print(f"{tag}: FAILED {error}", flush=True)
@@ -158,9 +170,10 @@ def run_worker(args: argparse.Namespace, backend: str, precision: str, repeat: i
     return records
 
 
-def run_sharing(args: argparse.Namespace, backend: str, precision: str, repeat: int,
+def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: int,
                 cache: Path, work: Path) -> dict[str, Any]:
-    tag = f"{backend}-{precision}-r{repeat}-sharing"
+    backend, extra_env = VARIANTS[variant]
+    tag = f"{variant}-{precision}-r{repeat}-sharing"
     run_dir, load = work / tag, loadavg()
     error = _call([str(VENVS[backend]), "-m", "dlrm_bench", "launch",
                    "--instances", str(args.cores), "--cores-per-instance", "1",
@@ -170,9 +183,9 @@ def run_sharing(args: argparse.Namespace, backend: str, precision: str, repeat: 
                    "--steps", str(args.sharing_steps), "--warmup-steps",
                    str(args.sharing_steps // 10), "--calibration-file",
                    _calibration(cache, backend)],
-                  work / f"{tag}.log", base_env(None), 1800)
+                  work / f"{tag}.log", {**base_env(None), **extra_env}, 1800)
     record: dict[str, Any] = {
-        "backend": backend, "precision": precision, "repeat": repeat, "loadavg_1m": load,
+        "backend": variant, "precision": precision, "repeat": repeat, "loadavg_1m": load,
         "process_wall_s": WALL.get(tag),
         "layout": f"sharing {args.cores}x1 core, batch {args.sharing_batch}"}
     if error is not None:
@@ -199,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="terabyte-small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--backends", default="native,ipex")
+    parser.add_argument("--backends", default="native,ipex",
+                        help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--peak-sizes", default="1024,2048,4096")
     parser.add_argument("--cache-dir", type=Path, help="kept (default: a temporary dir)")
     parser.add_argument("--out", type=Path)
@@ -212,8 +226,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cores = len(topology.detect().physical_cpus)
     args.threads = args.threads or args.cores
     wanted = args.backends.split(",")
-    args.backends = [b for b in wanted if b in VENVS and VENVS[b].exists()]
-    args.skipped = {b: f"{VENVS[b]} does not exist" + (" (make ipex-venv)" if b == "ipex" else "")
+    unknown = [b for b in wanted if b not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown backends: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    args.backends = [b for b in wanted if VENVS[VARIANTS[b][0]].exists()]
+    args.skipped = {b: f"{VENVS[VARIANTS[b][0]]} does not exist"
+                    + (" (make ipex-venv)" if VARIANTS[b][0] == "ipex" else "")
                     for b in wanted if b not in args.backends}
     return args
 
@@ -254,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "allowed_cpus", "sockets", "memory_bytes",
                                               "kernel", "governor")},
                     "physical_cores": args.cores},
-        "venvs": {b: venv_versions(VENVS[b]) for b in args.backends},
+        "venvs": {b: venv_versions(VENVS[VARIANTS[b][0]]) for b in args.backends},
         "skipped_backends": args.skipped,
         "parameters": {"precisions": args.precisions, "batches": args.batches,
                        "sharing_batch": args.sharing_batch, "sharing_steps": args.sharing_steps,
