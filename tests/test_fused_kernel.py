@@ -119,10 +119,14 @@ def test_ids_outside_their_table_are_refused(bad_id: int) -> None:
 def test_wrong_output_buffer_is_refused() -> None:
     tables, x, ids = tables_and_batch(8)
     kernel = fused.GatherInteraction(tables, SIZES, "fp32")
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match="uint8 output needs quantize"):
         kernel(x, ids, torch.empty(8, WIDTH, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="out must be uint8 when quantize"):
+        kernel(x, ids, torch.empty(8, WIDTH), quantize=(0.1, 3))
     with pytest.raises(ValueError, match="out must be"):
         kernel(x, ids, torch.empty(8, WIDTH + 1))
+    with pytest.raises(ValueError, match="out must be"):
+        kernel(x, ids, torch.empty(8, WIDTH, dtype=torch.float16))
 
 
 @needs_kernel
@@ -295,3 +299,56 @@ def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
     assert off.stderr.strip() == ("dlrm-bench: error: fused kernels cannot run here: turned off "
                                   "by DLRM_BENCH_FUSED=0")
     assert "unavailable: turned off by DLRM_BENCH_FUSED=0" in off.stdout
+
+
+@needs_kernel
+def test_bf16_tables_and_output_match_the_bf16_torch_path() -> None:
+    tables, x, ids = tables_and_batch(200, seed=9)
+    stacked = fuse_tables(tables, "bf16")
+    bases = EmbeddingTables("bf16", [stacked], SIZES).bases.view(-1).tolist()
+    kernel = fused.GatherInteraction([stacked], SIZES, "bf16", bases=bases)
+    xb = x.bfloat16()
+    expected = torch_path("bf16", [stacked], xb, ids).float()
+    out = torch.empty(200, WIDTH, dtype=torch.bfloat16)
+    kernel(xb, ids, out)
+    assert torch.equal(out[:, :D], xb), "the dense features pass through exactly"
+    # the kernel sums in fp32 and rounds once; torch's bf16 bmm may round differently: 1 ulp
+    torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-2)
+    exact = torch.empty(200, WIDTH)
+    kernel(xb, ids, exact)  # fp32 output of the same bf16 rows: the bf16 one is its rounding
+    assert torch.equal(out, exact.bfloat16())
+
+
+@pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
+def test_every_plan_can_use_the_kernels_when_asked(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DLRM_BENCH_FUSED=all: the amx plans too (built directly: this host may lack AMX, and the
+    kernels themselves use no AMX); the outputs agree with the torch path's."""
+    if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
+        pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    g = torch.Generator().manual_seed(3)
+    n = 48
+    dense = torch.log1p(torch.rand(n, 13, generator=g) * 100)
+    ids = torch.stack([torch.randint(0, k, (n,), generator=g) for k in spec.table_sizes])
+    offsets = torch.arange(n).expand(spec.num_tables, n).contiguous()
+    batch = type("B", (), {"dense": dense, "offsets": offsets, "indices": ids})()
+    with torch.inference_mode():
+        if precision == "amx_int8":
+            state = native._int8_state(model, q8.calibrate(model, [batch]))
+        else:
+            plan = native.PLANS[precision]
+            state = native._float_state(model, plan["dtype"], plan["tables"])
+        monkeypatch.setenv(fused.ENV_SWITCH, "0")
+        fused.load.cache_clear()
+        plain = native.PreparedModel(precision, spec, state)
+        monkeypatch.setenv(fused.ENV_SWITCH, "all")
+        fused.load.cache_clear()
+        with_kernels = native.PreparedModel(precision, spec, state)
+    assert plain.gather is None and with_kernels.gather is not None, with_kernels.kernels
+    for rows in (n, 1):  # 1 row: amx_int8's small-batch MLP kernel too
+        a = with_kernels(dense[:rows], offsets[:, :rows], ids[:, :rows])
+        b = plain(dense[:rows], offsets[:, :rows], ids[:, :rows])
+        assert float((a - b).abs().max()) <= 2e-2

@@ -27,17 +27,18 @@ import torch
 
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 4
+ABI = 5
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-# "0" turns the kernel off (A/B measurements, debugging); "all" uses it for the amx_* plans with
-# fp32 / int8 tables too (amx_bfloat32, amx_int8), which by default keep their AMX bmm
+# "0" turns the kernels off (A/B measurements, debugging); "all" uses them for the amx_* plans
+# too, which by default keep their AMX bmm (not compared on AMX yet)
 ENV_SWITCH = "DLRM_BENCH_FUSED"
 ENV_CACHE = "DLRM_BENCH_KERNEL_CACHE"
 MAX_ROWS, MAX_DIM = 64, 512  # the kernel's stack buffers (T + 1 rows of D floats)
-KIND_FLOAT32, KIND_INT8 = 0, 1
+TABLE_KINDS = {"fp32": 0, "int8": 1, "bf16": 2}  # interaction.c's table kinds
+OUT_KINDS = {torch.float32: 0, torch.uint8: 1, torch.bfloat16: 2}
 
 
 class KernelUnavailable(RuntimeError):
@@ -161,16 +162,17 @@ class GatherInteraction:
     """One-hot lookups of ``T`` tables fused with the dot interaction (see ``interaction.c``).
 
     ``tables``: T tensors (or one stacked tensor plus per-table first rows ``bases``) of float32
-    rows ``[N, D]`` or row-wise int8 rows ``[N, D + 8]`` (uint8). The tensors must stay alive as
-    long as this object: it holds their addresses.
+    or bfloat16 rows ``[N, D]``, or row-wise int8 rows ``[N, D + 8]`` (uint8). The tensors must
+    stay alive as long as this object: it holds their addresses.
     """
 
     def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], kind: str,
                  bases: list[int] | None = None) -> None:
         self.lib = load()
-        if kind not in ("fp32", "int8"):
-            raise KernelUnavailable(f"the fused kernel reads fp32 or int8 tables, not {kind}")
-        self.kind = KIND_INT8 if kind == "int8" else KIND_FLOAT32
+        if kind not in TABLE_KINDS:
+            raise KernelUnavailable(f"the fused kernel reads {', '.join(TABLE_KINDS)} tables, "
+                                    f"not {kind}")
+        self.kind = TABLE_KINDS[kind]
         self.tables = tables  # keeps the storage alive
         first = tables[0]
         self.row_bytes = first.stride(0) * first.element_size()
@@ -201,13 +203,18 @@ class GatherInteraction:
 
     def __call__(self, x: torch.Tensor, indices: torch.Tensor, out: torch.Tensor,
                  quantize: tuple[float, int] | None = None) -> torch.Tensor:
-        """``x`` ``[B, D]`` float32, ``indices`` ``[T, B]`` int64 (one id per bag) -> ``out``
-        ``[B, D + T(T+1)/2]``: float32, or uint8 when ``quantize`` = (scale, zero point)."""
+        """``x`` ``[B, D]``, ``indices`` ``[T, B]`` int64 (one id per bag) -> ``out``
+        ``[B, D + T(T+1)/2]``: float32 or bfloat16, or uint8 when ``quantize`` = (scale, zero
+        point)."""
         batch = x.shape[0]
-        want = torch.uint8 if quantize else torch.float32
-        if out.dtype != want or out.stride(1) != 1 or tuple(out.shape) != (
+        if quantize is not None and out.dtype != torch.uint8:
+            raise ValueError("out must be uint8 when quantize is given")
+        if out.dtype not in OUT_KINDS or out.stride(1) != 1 or tuple(out.shape) != (
                 batch, self.dim + self.num_tables * (self.num_tables + 1) // 2):
-            raise ValueError(f"out must be a row-contiguous [B, F] {want} tensor")
+            raise ValueError("out must be a row-contiguous [B, F] float32 / bfloat16 tensor, "
+                             "or uint8 with quantize")
+        if out.dtype == torch.uint8 and quantize is None:
+            raise ValueError("uint8 output needs quantize=(scale, zero point)")
         if indices.shape != (self.num_tables, batch):
             raise ValueError(f"indices must be [T={self.num_tables}, B={batch}]")
         if x.dtype != torch.float32 or x.stride(1) != 1:
@@ -219,7 +226,7 @@ class GatherInteraction:
             batch, self.num_tables, self.dim, x.data_ptr(), x.stride(0),
             indices.data_ptr(), indices.stride(0), indices.stride(1),
             self.addresses.data_ptr(), self.rows.data_ptr(), self.row_bytes, self.kind,
-            out.data_ptr(), out.stride(0), int(quantize is not None), inv_scale, zero_point,
+            out.data_ptr(), out.stride(0), OUT_KINDS[out.dtype], inv_scale, zero_point,
             torch.get_num_threads())
         if code == -2:
             raise IndexError("an embedding id is outside its table")

@@ -70,7 +70,8 @@ PREPARED_VERSION = 1
 #   for the top MLP there). Per 1024 rows on the AMD VM: fp32 0.86 vs 7.9 ms for gather + bmm +
 #   triangle in torch ops, int8 0.62 vs 5.0 ms. Not used for the amx_* plans by default: their
 #   torch path runs the bmm on AMX, and no AMX machine was at hand to compare the two;
-#   DLRM_BENCH_FUSED=all turns it on for amx_bfloat32 / amx_int8 too (to measure that).
+#   DLRM_BENCH_FUSED=all turns it on for every plan (bf16 tables too: rows widened to fp32 in L1,
+#   output rounded to bf16), to measure that.
 PLANS: dict[str, dict[str, Any]] = {
     "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
                  "fused": True},
@@ -115,7 +116,7 @@ class PreparedModel:
         self.interaction = Interaction(spec.num_tables)
         self.gather: fused.GatherInteraction | None = None
         self.kernels = {"interaction": "torch ops (bmm + triangle gather)"}
-        if plan["fused"] or (fused.wanted_everywhere() and plan["tables"] in ("fp32", "int8")):
+        if plan["fused"] or fused.wanted_everywhere():
             self._use_fused_kernel(plan["tables"])
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
@@ -204,8 +205,9 @@ class PreparedModel:
             # int8: the kernel quantizes its output for the top MLP's first (u8) layer itself
             quantize = self.top_qparams
             width = x.shape[1] + self.spec.num_tables * (self.spec.num_tables + 1) // 2
+            # bf16 for amx_bfloat16's top MLP, fp32 for the other float plans
             z = self.tables.workspace.get("z", (x.shape[0], width),
-                                          torch.uint8 if quantize else torch.float32)
+                                          torch.uint8 if quantize else self.dtype)
             self.gather(x, indices, z, quantize=quantize)
         else:
             z = self.top_in(self.interaction(self.tables.stacked(x, offsets, indices, one_hot)))

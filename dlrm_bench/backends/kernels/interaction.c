@@ -7,9 +7,11 @@
  * [B, T+1, D] operand, the full Gram matrix and the triangle gather that the torch ops need.
  *
  * Tables: kind 0 = float32 rows of D values; kind 1 = row-wise uint8 as written by
- * torch.ops.quantized.embedding_bag_byte_prepack (D bytes, then a float32 scale and bias).
- * Output: float32, or (out_u8) uint8 quantized with one scale / zero point, which is what the
- * int8 top MLP's first layer reads (saves a float pass over the output).
+ * torch.ops.quantized.embedding_bag_byte_prepack (D bytes, then a float32 scale and bias);
+ * kind 2 = bfloat16 rows. Dot products are computed in float32 whatever the kind.
+ * Output (out_kind): 0 float32; 1 uint8 quantized with one scale / zero point, which is what the
+ * int8 top MLP's first layer reads (saves a float pass over the output); 2 bfloat16 (rounded to
+ * nearest even), what a bf16 top MLP reads.
  *
  * Built by dlrm_bench/backends/fused.py with gcc -O3 -mavx512f -mavx512bw -mavx512vl -fopenmp and
  * linked against the OpenMP runtime torch already loaded, so the parallel loop uses the same
@@ -24,7 +26,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 4; }
+int dlrm_kernel_abi(void) { return 5; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -35,6 +37,30 @@ static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
         __m128i q = _mm_loadu_si128((const __m128i *)(row + d));
         __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
         _mm512_storeu_ps(dst + d, _mm512_fmadd_ps(v, vs, vb));
+    }
+}
+
+static inline void widen_bf16_row(const uint16_t *row, int64_t dim, float *dst) {
+    for (int64_t d = 0; d < dim; d += 16) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + d)));
+        _mm512_storeu_ps(dst + d, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+    }
+}
+
+/* float32 -> bfloat16, round to nearest even (the values are finite: sums of finite products) */
+static inline void narrow_to_bf16(const float *src, int64_t n, uint16_t *dst) {
+    int64_t k = 0;
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
+    for (; k + 16 <= n; k += 16) {
+        __m512i u = _mm512_castps_si512(_mm512_loadu_ps(src + k));
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        u = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(half, odd)), 16);
+        _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(u));
+    }
+    for (; k < n; k++) {
+        uint32_t u;
+        memcpy(&u, src + k, 4);
+        dst[k] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
     }
 }
 
@@ -106,10 +132,12 @@ int dlrm_gather_interact(
     const int64_t *ids, int64_t ids_stride_t, int64_t ids_stride_b, /* [T, B] table-local */
     const int64_t *table_addr, const int64_t *table_rows,    /* [T] row-0 addresses, row counts */
     int64_t row_bytes, int32_t kind,
-    void *out, int64_t out_stride, int32_t out_u8, float inv_scale, float zero_point,
+    void *out, int64_t out_stride, int32_t out_kind, float inv_scale, float zero_point,
     int32_t threads) {
     const int64_t n = num_tables + 1;
-    if (n > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || (kind != 0 && kind != 1)) return -1;
+    if (n > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || kind < 0 || kind > 2 || out_kind < 0
+        || out_kind > 2)
+        return -1;
     const int64_t width = dim + n * (n - 1) / 2;
     int bad_id = 0;
 
@@ -141,7 +169,8 @@ int dlrm_gather_interact(
                 if (kind == 0) {
                     rows[t + 1] = (const float *)row;
                 } else {
-                    dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
+                    if (kind == 1) dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
+                    else widen_bf16_row((const uint16_t *)row, dim, deq + (t + 1) * dim);
                     rows[t + 1] = deq + (t + 1) * dim;
                 }
             }
@@ -150,16 +179,18 @@ int dlrm_gather_interact(
                 bad_id = 1;
                 continue;
             }
-            float *z = out_u8 ? zrow : (float *)out + b * out_stride;
+            float *z = out_kind ? zrow : (float *)out + b * out_stride;
             memcpy(z, rows[0], dim * sizeof(float));
             float *tri = z + dim;
             for (int64_t i = 1; i < n; i++) {
                 dots_of_row(rows, i, dim, tri);
                 tri += i;
             }
-            if (out_u8)
+            if (out_kind == 1)
                 quantize_to(zrow, width, inv_scale, zero_point,
                             (uint8_t *)out + b * out_stride);
+            else if (out_kind == 2)
+                narrow_to_bf16(zrow, width, (uint16_t *)out + b * out_stride);
         }
     }
     return bad_id ? -2 : 0;
