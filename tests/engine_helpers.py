@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from dlrm_bench.cpu import REQUIRED_FLAGS, cpu_flags
+from dlrm_bench.presets import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 def runnable(precision: str) -> bool:
     """Whether this host's CPU has the flags ``precision`` needs (AMX for the amx_* ones)."""
     return set(REQUIRED_FLAGS[precision]) <= cpu_flags()
+
+
+def make_batch(spec: ModelSpec, size: int, seed: int) -> SimpleNamespace:
+    """A one-hot batch with the ``Batch`` fields: dense [B,13], offsets/indices [T,B]."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.log1p(torch.rand(size, 13, generator=g) * 1000)
+    indices = torch.stack([torch.randint(0, n, (size,), generator=g) for n in spec.table_sizes])
+    offsets = torch.arange(size).expand(spec.num_tables, size).contiguous()
+    return SimpleNamespace(dense=dense, offsets=offsets, indices=indices)
 
 
 HAS_AMX = all(runnable(p) for p in ("amx_int8", "amx_bfloat16", "amx_bfloat32"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import make_batch
 
 from dlrm_bench.backends import fused, native
 from dlrm_bench.backends import native_int8 as q8
@@ -157,13 +158,9 @@ def test_backend_records_the_kernel_and_agrees_without_it(
         pytest.skip(f"host cannot run {precision}")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    g = torch.Generator().manual_seed(7)
-    n = 1100  # > the 1024-row chunk
-    dense = torch.log1p(torch.rand(n, 13, generator=g) * 100)
-    ids = torch.stack([torch.randint(0, k, (n,), generator=g) for k in spec.table_sizes])
-    offsets = torch.arange(n).expand(spec.num_tables, n).contiguous()
-    calibration = [type("B", (), {"dense": dense[:512], "offsets": offsets[:, :512],
-                                  "indices": ids[:, :512]})()]
+    batch = make_batch(spec, 1100, seed=7)  # > the 1024-row chunk
+    dense, offsets, ids = batch.dense, batch.offsets, batch.indices
+    calibration = [make_batch(spec, 512, seed=8)]
     with_kernel = native.prepare(model, precision, calibration=calibration)
     if HAS_KERNEL_CPU:
         assert with_kernel.gather is not None, with_kernel.kernels
@@ -238,11 +235,8 @@ def test_small_int8_chain_equals_layer_by_layer() -> None:
 def test_int8_model_uses_the_small_kernel_only_for_small_batches() -> None:
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    g = torch.Generator().manual_seed(11)
-    dense = torch.log1p(torch.rand(64, 13, generator=g) * 100)
-    ids = torch.stack([torch.randint(0, k, (64,), generator=g) for k in spec.table_sizes])
-    offsets = torch.arange(64).expand(spec.num_tables, 64).contiguous()
-    batch = type("B", (), {"dense": dense, "offsets": offsets, "indices": ids})()
+    batch = make_batch(spec, 64, seed=11)
+    dense, offsets, ids = batch.dense, batch.offsets, batch.indices
     prepared = native.prepare(model, "avx_int8", calibration=[batch])
     assert prepared.kernels["small_batch_int8_mlp"].startswith("VNNI C kernel")
     calls: list[int] = []
@@ -329,12 +323,9 @@ def test_every_plan_can_use_the_kernels_when_asked(
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    g = torch.Generator().manual_seed(3)
     n = 48
-    dense = torch.log1p(torch.rand(n, 13, generator=g) * 100)
-    ids = torch.stack([torch.randint(0, k, (n,), generator=g) for k in spec.table_sizes])
-    offsets = torch.arange(n).expand(spec.num_tables, n).contiguous()
-    batch = type("B", (), {"dense": dense, "offsets": offsets, "indices": ids})()
+    batch = make_batch(spec, n, seed=3)
+    dense, offsets, ids = batch.dense, batch.offsets, batch.indices
     with torch.inference_mode():
         if precision == "amx_int8":
             state = native._int8_state(model, q8.calibrate(model, [batch]))

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from engine_helpers import make_batch
 
 from dlrm_bench.backends import native
 from dlrm_bench.backends import native_int8 as q8
@@ -48,15 +49,6 @@ def needs(precision: str) -> pytest.MarkDecorator:
 
 
 PARAMS = [pytest.param(p, marks=needs(p)) for p in PRECISIONS]
-
-
-def make_batch(spec: ModelSpec, size: int, seed: int) -> SimpleNamespace:
-    """A one-hot batch with the ``Batch`` fields: dense [B,13], offsets/indices [T,B]."""
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.log1p(torch.rand(size, 13, generator=g) * 1000)
-    indices = torch.stack([torch.randint(0, n, (size,), generator=g) for n in spec.table_sizes])
-    offsets = torch.arange(size).expand(spec.num_tables, size).contiguous()
-    return SimpleNamespace(dense=dense, offsets=offsets, indices=indices)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
 ABI = 5
@@ -51,17 +52,24 @@ def status() -> dict[str, object]:
     result: dict[str, object] = {"available": False, "path": None, "built_now": False,
                                  "reason": None, "cache": str(cache_dir())}
     try:
-        if os.environ.get(ENV_SWITCH, "1") != "0":
-            missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
-            if not missing:
-                path, built_now = build()
-                result.update(path=str(path), built_now=built_now)
+        _check_usable()
+        path, built_now = build()
+        result.update(path=str(path), built_now=built_now)
         load()
     except KernelUnavailable as exc:
         result["reason"] = str(exc)
         return result
     result["available"] = True
     return result
+
+
+def _check_usable() -> None:
+    """``KernelUnavailable`` when switched off or the CPU lacks the instructions."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        raise KernelUnavailable(f"turned off by {ENV_SWITCH}=0")
+    missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
+    if missing:
+        raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
 
 
 def cache_dir() -> Path:
@@ -119,11 +127,7 @@ def build(directory: Path | None = None) -> tuple[Path, bool]:
 @cache
 def load() -> ctypes.CDLL:
     """The loaded kernel library (built if needed); ``KernelUnavailable`` says why not."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        raise KernelUnavailable(f"turned off by {ENV_SWITCH}=0")
-    missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
-    if missing:
-        raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
+    _check_usable()
     torch.get_num_threads()  # torch (and with it its OpenMP runtime) is loaded before the kernel
     try:
         lib = ctypes.CDLL(str(build()[0]))
@@ -191,6 +195,7 @@ class GatherInteraction:
         self.addresses = torch.tensor(addresses, dtype=torch.int64)
         self.rows = torch.tensor(sizes, dtype=torch.int64)
         self.num_tables = len(sizes)
+        self.width = self.dim + self.num_tables * (self.num_tables + 1) // 2  # D + T(T+1)/2
 
     def one_hot(self, offsets: torch.Tensor, indices: torch.Tensor) -> bool:
         """``EmbeddingTables.one_hot`` in one C call: ``offsets`` ``[T, B]`` is ``arange(B)``
@@ -210,7 +215,7 @@ class GatherInteraction:
         if quantize is not None and out.dtype != torch.uint8:
             raise ValueError("out must be uint8 when quantize is given")
         if out.dtype not in OUT_KINDS or out.stride(1) != 1 or tuple(out.shape) != (
-                batch, self.dim + self.num_tables * (self.num_tables + 1) // 2):
+                batch, self.width):
             raise ValueError("out must be a row-contiguous [B, F] float32 / bfloat16 tensor, "
                              "or uint8 with quantize")
         if out.dtype == torch.uint8 and quantize is None:
@@ -233,7 +238,6 @@ class GatherInteraction:
         if code != 0:
             raise RuntimeError(f"fused interaction kernel refused its arguments ({code})")
         return out
-
 
 
 class QLayer(ctypes.Structure):
@@ -281,7 +285,7 @@ class SmallQMLP:
         self.float_input = float_input
         self.x_inv_scale, self.x_zp = 1.0 / first.x_scale, float(first.x_zp)
         self.width = max([self.k, *(int(layer.weight_q.shape[0]) for layer in layers)])
-        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.scratch = Workspace()  # the uint8 rows between layers, by batch size
 
     def _layer(self, layer, post: str) -> QLayer:
         weight_q = layer.weight_q
@@ -307,12 +311,7 @@ class SmallQMLP:
         want = torch.float32 if self.float_input else torch.uint8
         if x.dtype != want or x.shape[1] != self.k or x.stride(1) != 1:
             raise ValueError(f"x must be a row-contiguous {want} [M, {self.k}] tensor")
-        scratch = self._scratch.get(rows)
-        if scratch is None:
-            if len(self._scratch) > 8:
-                self._scratch.clear()
-            scratch = self._scratch[rows] = (torch.empty(rows, self.width, dtype=torch.uint8),
-                                             torch.empty(rows, self.width, dtype=torch.uint8))
+        scratch = [self.scratch.get(name, (rows, self.width), torch.uint8) for name in "ab"]
         out = torch.empty(rows, self.n, dtype=torch.uint8 if self.out_u8 else torch.float32)
         code = self.lib.dlrm_qmlp_small(
             rows, self.structs, len(self.structs), x.data_ptr(), x.stride(0),

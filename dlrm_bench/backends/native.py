@@ -132,12 +132,9 @@ class PreparedModel:
 
     def _use_fused_kernel(self, kind: str) -> None:
         tables = self.tables
+        bases = tables.bases.view(-1).tolist() if tables.fused else None
         try:
-            if tables.fused:
-                self.gather = fused.GatherInteraction(
-                    tables.weights, tables.sizes, kind, bases=tables.bases.view(-1).tolist())
-            else:
-                self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind)
+            self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind, bases=bases)
         except fused.KernelUnavailable as exc:
             self.kernels = {"interaction": f"torch ops (fused kernel unavailable: {exc})"}
             return
@@ -204,9 +201,8 @@ class PreparedModel:
         if self.gather is not None and one_hot:
             # int8: the kernel quantizes its output for the top MLP's first (u8) layer itself
             quantize = self.top_qparams
-            width = x.shape[1] + self.spec.num_tables * (self.spec.num_tables + 1) // 2
             # bf16 for amx_bfloat16's top MLP, fp32 for the other float plans
-            z = self.tables.workspace.get("z", (x.shape[0], width),
+            z = self.tables.workspace.get("z", (x.shape[0], self.gather.width),
                                           torch.uint8 if quantize else self.dtype)
             self.gather(x, indices, z, quantize=quantize)
         else:
@@ -219,9 +215,8 @@ class PreparedModel:
         """Few rows: bottom MLP, gather + interaction, top MLP (+ sigmoid): three C calls."""
         assert self.small_bottom is not None and self.small_top is not None
         assert self.gather is not None and self.top_qparams is not None
-        x = self.small_bottom(dense if dense.dtype == torch.float32 else dense.float())
-        width = x.shape[1] + self.spec.num_tables * (self.spec.num_tables + 1) // 2
-        z = self.tables.workspace.get("z", (x.shape[0], width), torch.uint8)
+        x = self.small_bottom(dense.float())
+        z = self.tables.workspace.get("z", (x.shape[0], self.gather.width), torch.uint8)
         self.gather(x, indices, z, quantize=self.top_qparams)
         return self.small_top(z)
 

@@ -191,7 +191,6 @@ class QLinear:
             self.out_dtype = None  # uint8
         self.post = "relu" if relu else "none"
 
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.onednn.qlinear_pointwise(
             x, self.x_scale, self.x_zp, self.packed, self.w_scales, self.w_zps, self.bias,

@@ -13,8 +13,8 @@
  * int8 top MLP's first layer reads (saves a float pass over the output); 2 bfloat16 (rounded to
  * nearest even), what a bf16 top MLP reads.
  *
- * Built by dlrm_bench/backends/fused.py with gcc -O3 -mavx512f -mavx512bw -mavx512vl -fopenmp and
- * linked against the OpenMP runtime torch already loaded, so the parallel loop uses the same
+ * Built by dlrm_bench/backends/fused.py (gcc with fused.CFLAGS: -O3, AVX-512 F/BW/VL/DQ, -fopenmp)
+ * and linked against the OpenMP runtime torch already loaded, so the parallel loop uses the same
  * threads as torch's own ops. Loaded through ctypes, which releases the GIL during the call.
  */
 #include <immintrin.h>
@@ -97,18 +97,20 @@ static inline void dots_of_row(const float *const *rows, int64_t i, int64_t dim,
     }
 }
 
+/* 16 floats -> uint8: round(v * inv_scale + zero_point), half to even as torch.round, clamped */
+static inline __m128i quantize16(__m512 v, __m512 inv_scale, __m512 zero_point) {
+    v = _mm512_fmadd_ps(v, inv_scale, zero_point);
+    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+    return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v));
+}
+
 static inline void quantize_to(const float *src, int64_t n, float inv_scale, float zero_point,
                                uint8_t *dst) {
     const __m512 vi = _mm512_set1_ps(inv_scale), vz = _mm512_set1_ps(zero_point);
-    const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + k), vi, vz);
-        /* round half to even, as torch.round */
-        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-        _mm_storeu_si128((__m128i *)(dst + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-    }
+    for (; k + 16 <= n; k += 16)
+        _mm_storeu_si128((__m128i *)(dst + k), quantize16(_mm512_loadu_ps(src + k), vi, vz));
     for (; k < n; k++) {
         float v = nearbyintf(src[k] * inv_scale + zero_point);
         dst[k] = (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
@@ -243,11 +245,9 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
                                _mm512_maskz_loadu_ps(keep, L->bias + n0));
     if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
     if (L->out_u8) {
-        __m512 v = _mm512_fmadd_ps(y, _mm512_set1_ps(L->out_inv_scale), _mm512_set1_ps(L->out_zp));
-        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
         _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, keep,
-                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+                             quantize16(y, _mm512_set1_ps(L->out_inv_scale),
+                                        _mm512_set1_ps(L->out_zp)));
         return;
     }
     float *dst = (float *)out + m * out_stride + n0;
