@@ -71,6 +71,11 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
 DEFAULT_PRECISIONS = "avx_fp32,amx_bfloat16,amx_int8"
 
 
+def python_of(variant: str) -> Path:
+    """The venv interpreter that runs a ``--backends`` name."""
+    return VENVS[VARIANTS[variant][0]]
+
+
 def base_env(threads: int | None) -> dict[str, str]:
     """os.environ without the seed's variables, plus the launcher's threading and allocator."""
     env = {k: v for k, v in os.environ.items() if k not in (*ENV_NAMES.values(), "CASE")}
@@ -229,8 +234,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [b for b in wanted if b not in VARIANTS]
     if unknown:
         parser.error(f"unknown backends: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-    args.backends = [b for b in wanted if VENVS[VARIANTS[b][0]].exists()]
-    args.skipped = {b: f"{VENVS[VARIANTS[b][0]]} does not exist"
+    args.backends = [b for b in wanted if python_of(b).exists()]
+    args.skipped = {b: f"{python_of(b)} does not exist"
                     + (" (make ipex-venv)" if VARIANTS[b][0] == "ipex" else "")
                     for b in wanted if b not in args.backends}
     return args
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "allowed_cpus", "sockets", "memory_bytes",
                                               "kernel", "governor")},
                     "physical_cores": args.cores},
-        "venvs": {b: venv_versions(VENVS[VARIANTS[b][0]]) for b in args.backends},
+        "venvs": {b: venv_versions(python_of(b)) for b in args.backends},
         "skipped_backends": args.skipped,
         "parameters": {"precisions": args.precisions, "batches": args.batches,
                        "sharing_batch": args.sharing_batch, "sharing_steps": args.sharing_steps,
