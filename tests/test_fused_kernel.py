@@ -15,7 +15,12 @@ from engine_helpers import make_batch
 
 from dlrm_bench.backends import fused, native
 from dlrm_bench.backends import native_int8 as q8
-from dlrm_bench.backends.native_ops import EmbeddingTables, Interaction, fuse_tables
+from dlrm_bench.backends.native_ops import (
+    DenseLinear,
+    EmbeddingTables,
+    Interaction,
+    fuse_tables,
+)
 from dlrm_bench.cpu import cpu_flags
 from dlrm_bench.model import build_model
 from dlrm_bench.presets import get_preset
@@ -231,26 +236,78 @@ def test_small_int8_chain_equals_layer_by_layer() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-2)  # 1-LSB rounding ties
 
 
-@needs_vnni
-def test_int8_model_uses_the_small_kernel_only_for_small_batches() -> None:
+@needs_kernel
+@pytest.mark.parametrize(("k", "n"), [(13, 512), (479, 1024), (256, 1), (1024, 40), (7, 80)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_float_linear_equals_f_linear(k: int, n: int, rows: int, threads: int) -> None:
+    """N not a multiple of 16 nor of 64 (a last group of 1-3 blocks), rows around the 4-row
+    tiles, odd K (the 1-row tile's two chains), 1-2 threads, each post-op."""
+    g = torch.Generator().manual_seed(k * n + rows)
+    weight = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g) * 0.1
+    x = torch.randn(rows, k, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for post in ("relu", "none", "sigmoid"):
+            layer = DenseLinear(weight, bias, post, packed=False, batch_hint=1024)
+            expected, got = layer(x), fused.SmallFMLP([layer])(x)
+            assert got.shape == (rows, n)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            if post == "relu" and got.numel() >= 40:
+                assert 0 < int((got == 0).sum()) < got.numel(), "ReLU clipped all or nothing"
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
+def test_small_float_chain_equals_layer_by_layer_and_checks_its_input() -> None:
+    g = torch.Generator().manual_seed(6)
+    shapes = [(13, 64), (64, 48), (48, 1)]
+    layers = [DenseLinear(torch.randn(n, k, generator=g) / k**0.5, torch.randn(n, generator=g),
+                          "sigmoid" if i == len(shapes) - 1 else "relu", packed=False,
+                          batch_hint=1024) for i, (k, n) in enumerate(shapes)]
+    x = torch.randn(6, 13, generator=g)
+    expected = x
+    for layer in layers:
+        expected = layer(expected)
+    chain = fused.SmallFMLP(layers)
+    got = chain(x)
+    assert got.shape == (6, 1) and float(expected.std()) > 0.01
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for bad in (x.double(), x[:, :12], x.t().contiguous().t()):
+        with pytest.raises(ValueError, match="row-contiguous float32"):
+            chain(bad)
+
+
+@needs_kernel
+@pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
+def test_model_uses_the_small_kernels_only_for_small_batches(precision: str) -> None:
+    if precision == "avx_int8" and "avx512_vnni" not in cpu_flags():
+        pytest.skip("CPU lacks AVX512-VNNI")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    batch = make_batch(spec, 64, seed=11)
+    limit = native.SMALL_INT8_ROWS_PER_THREAD if precision == "avx_int8" else (
+        native.SMALL_FLOAT_ROWS_PER_THREAD)
+    batch = make_batch(spec, limit + 8, seed=11)
     dense, offsets, ids = batch.dense, batch.offsets, batch.indices
-    prepared = native.prepare(model, "avx_int8", calibration=[batch])
-    assert prepared.kernels["small_batch_int8_mlp"].startswith("VNNI C kernel")
+    prepared = native.prepare(model, precision, calibration=[batch])
+    assert prepared.kernels["small_batch_mlp"].startswith(
+        f"{'VNNI' if precision == 'avx_int8' else 'AVX-512'} C kernel up to {limit} rows")
     calls: list[int] = []
-    real = prepared._forward_small_int8
-    prepared._forward_small_int8 = lambda d, i: (calls.append(d.shape[0]), real(d, i))[1]
+    real = prepared._forward_small
+    prepared._forward_small = lambda d, i: (calls.append(d.shape[0]), real(d, i))[1]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the limit is 32 rows per thread
+    torch.set_num_threads(1)  # the limit is per thread
     try:
         small = prepared(dense[:5], offsets[:, :5], ids[:, :5])
         big = prepared(dense, offsets, ids)
     finally:
         torch.set_num_threads(before)
-    assert calls == [5], "64 rows must go to oneDNN, 5 rows to the kernels"
-    assert float((small - big[:5]).abs().max()) <= 2e-2
+    assert calls == [5], f"{limit + 8} rows must go to oneDNN, 5 rows to the kernels"
+    tolerance = 2e-2 if precision == "avx_int8" else 1e-5  # int8: 1-LSB rounding ties
+    assert float((small - big[:5]).abs().max()) <= tolerance
 
 
 @needs_kernel

@@ -1,4 +1,7 @@
-"""The fused gather + dot-interaction kernel (``kernels/interaction.c``): build, load, call.
+"""The native backend's C kernels (``kernels/interaction.c``): build, load, call.
+
+``GatherInteraction``: one-hot lookups fused with the dot interaction; ``SmallQMLP`` /
+``SmallFMLP``: a whole int8 / float32 MLP in one call, for batches of a few rows.
 
 The kernel is plain C (AVX-512 intrinsics, OpenMP), compiled on first use with the host's C
 compiler into a per-user cache and loaded with ``ctypes``: a second of ``gcc`` instead of the
@@ -28,7 +31,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 5
+ABI = 6
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -146,6 +149,9 @@ def load() -> ctypes.CDLL:
     mlp.restype = ctypes.c_int
     mlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ctypes.c_int32, ctypes.c_float,
                     ctypes.c_float, ptr, ptr, i64, ptr, i64, ctypes.c_int32]
+    fmlp = lib.dlrm_fmlp_small
+    fmlp.restype = ctypes.c_int
+    fmlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ptr, ptr, i64, ptr, i64, ctypes.c_int32]
     return lib
 
 
@@ -320,4 +326,61 @@ class SmallQMLP:
             torch.get_num_threads())
         if code != 0:
             raise RuntimeError(f"small int8 MLP kernel refused its arguments ({code})")
+        return out
+
+
+class FLayer(ctypes.Structure):
+    """``dlrm_flayer`` of ``interaction.c``: one float32 linear of a small-batch chain."""
+
+    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("post", ctypes.c_int32)]
+
+
+class SmallFMLP:
+    """A chain of float32 linears for few-row batches, in one call (``dlrm_fmlp_small``).
+
+    ``layers``: objects with ``native_ops.DenseLinear``'s fields (``weight`` ``[N, K]`` and
+    ``bias`` ``[N]`` float32, ``post``: relu, sigmoid or none). Same sums as F.linear up to the
+    order of the additions; no oneDNN call per layer and no Python between layers.
+    """
+
+    def __init__(self, layers: list) -> None:
+        self.lib = load()
+        if not 0 < len(layers) <= MAX_LAYERS:
+            raise KernelUnavailable(f"the small float MLP takes 1-{MAX_LAYERS} layers")
+        if any(layer.weight.dtype != torch.float32 for layer in layers):
+            raise KernelUnavailable("the small float MLP takes float32 weights")
+        self.keep: list[torch.Tensor] = []  # the packed tensors the C structs point into
+        self.structs = (FLayer * len(layers))()
+        for i, layer in enumerate(layers):
+            self.structs[i] = self._layer(layer)
+        self.k = int(layers[0].weight.shape[1])
+        self.n = int(layers[-1].weight.shape[0])
+        self.width = max(int(layer.weight.shape[0]) for layer in layers)
+        self.scratch = Workspace()  # the rows between layers, by batch size
+
+    def _layer(self, layer) -> FLayer:
+        n, k = layer.weight.shape
+        n16 = -(-n // 16) * 16
+        padded = torch.zeros(n16, k, dtype=torch.float32)
+        padded[:n] = layer.weight
+        # [N/16, 16, K] -> [N/16, K, 16]: one k of 16 outputs per 64-byte load
+        packed = padded.view(n16 // 16, 16, k).permute(0, 2, 1).contiguous()
+        bias = layer.bias.detach().float().contiguous()
+        self.keep += [packed, bias]
+        return FLayer(k, n, packed.data_ptr(), bias.data_ptr(), POSTS[layer.post])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[M, K]`` float32 -> ``[M, N]`` float32 (a new tensor)."""
+        rows = x.shape[0]
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.k or x.stride(1) != 1:
+            raise ValueError(f"x must be a row-contiguous float32 [M, {self.k}] tensor")
+        scratch = [self.scratch.get(name, (rows, self.width), torch.float32) for name in "ab"]
+        out = torch.empty(rows, self.n, dtype=torch.float32)
+        code = self.lib.dlrm_fmlp_small(
+            rows, self.structs, len(self.structs), x.data_ptr(), x.stride(0),
+            scratch[0].data_ptr(), scratch[1].data_ptr(), self.width, out.data_ptr(),
+            out.stride(0), torch.get_num_threads())
+        if code != 0:
+            raise RuntimeError(f"small float MLP kernel refused its arguments ({code})")
         return out

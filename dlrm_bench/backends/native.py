@@ -6,14 +6,18 @@
 ============== =========== ===================== =============================================
 precision      tables      MLP weights           GEMMs
 ============== =========== ===================== =============================================
-avx_fp32       fp32 (as    fp32                  MKL sgemm (F.linear); ISA capped below AMX
-               given)
+avx_fp32       fp32 (as    fp32, oneDNN-packed   oneDNN fp32, ReLU/sigmoid fused; ISA capped
+               given)                            below AMX
 amx_bfloat32   fp32 (as    fp32, oneDNN-packed   oneDNN, fp32 math mode bf16 (AMX), per call
                given)
 amx_bfloat16   bf16        bf16, oneDNN-packed   oneDNN bf16 (AMX), ReLU/sigmoid fused
 avx_int8,      int8 rows   int8 per channel      oneDNN u8 x s8 (AMX or AVX512-VNNI by the ISA
 amx_int8                                         cap), requantize + ReLU fused
 ============== =========== ===================== =============================================
+
+With the C kernels of ``fused.py`` (avx_fp32 and avx_int8 by default): one-hot lookups and the
+interaction in one call, and small batches (up to 64 rows per thread) through the whole MLPs in
+one call each.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -85,13 +89,17 @@ PLANS: dict[str, dict[str, Any]] = {
                  "fused": False},
 }
 PACK_BATCH_HINT = 1024
-# int8 batches of at most this many rows per thread run their MLPs in fused.SmallQMLP, not oneDNN:
-# the 8 Terabyte MLP layers (with the input quantization and the sigmoid) on the AMD VM, us per
-# batch, oneDNN layer by layer / one kernel call (4 rows x 4 output blocks per tile; same-run
-# pairs, the VM drifts): 1 thread, 1 row 238 / 50, 16 rows 330 / 168,
-# 32 rows 477 / 324, 64 rows 679 / 704; 2 threads, 16 rows 252 / 98, 64 rows 483 / 379,
-# 128 rows 674 / 727.
-SMALL_INT8_ROWS_PER_THREAD = 32
+# Batches of at most this many rows per thread run each MLP as one call of a small C kernel
+# (fused.SmallQMLP for int8, fused.SmallFMLP for avx_fp32: tiles of 4 rows x 64 outputs) instead
+# of a oneDNN call per layer, whose fixed cost and blocking for big batches dominate there. Whole
+# forward on the AMD VM, us per batch, kernel / oneDNN layer by layer (same process, alternating,
+# median of 5; the VM drifts, so compare within a row):
+#   int8, 1 thread:  16 rows 203 / 393, 32 289 / 453, 64 520 / 638, 128 1048 / 1191
+#   int8, 2 threads: 32 rows 260 / 499, 64 358 / 505, 128 816 / 971, 256 1716 / 1470
+#   fp32, 1 thread:  1 row 166 / 264 (MKL sgemv), 16 524 / 716, 64 1841 / 1955, 128 3860 / 3914
+#   fp32, 2 threads: 1 row 106 / 292, 16 315 / 479, 64 995 / 1073, 128 2058 / 2074
+SMALL_INT8_ROWS_PER_THREAD = 64
+SMALL_FLOAT_ROWS_PER_THREAD = 64
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
@@ -122,8 +130,10 @@ class PreparedModel:
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
         self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
-        self.small_bottom: fused.SmallQMLP | None = None  # int8, few rows: one C call per MLP
-        self.small_top: fused.SmallQMLP | None = None
+        # few rows (avx_int8, avx_fp32): each MLP in one C call, up to this many rows per thread
+        self.small_bottom: fused.SmallQMLP | fused.SmallFMLP | None = None
+        self.small_top: fused.SmallQMLP | fused.SmallFMLP | None = None
+        self.small_rows_per_thread = 0
         with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
                 self._build_int8()
@@ -161,6 +171,19 @@ class PreparedModel:
         self.bottom_in = lambda dense: dense.to(dtype)
         self.top_in = lambda z: z
         self.finish = lambda out: out.float()
+        if self.gather is not None and self.precision == "avx_fp32":
+            self._use_small_float_kernel()
+
+    def _use_small_float_kernel(self) -> None:
+        try:
+            self.small_bottom = fused.SmallFMLP(self.bottom)
+            self.small_top = fused.SmallFMLP(self.top)
+        except fused.KernelUnavailable as exc:
+            self.kernels["small_batch_mlp"] = f"oneDNN (AVX-512 kernel unavailable: {exc})"
+            return
+        self.small_rows_per_thread = SMALL_FLOAT_ROWS_PER_THREAD
+        self.kernels["small_batch_mlp"] = (
+            f"AVX-512 C kernel up to {SMALL_FLOAT_ROWS_PER_THREAD} rows per thread, oneDNN above")
 
     def _build_int8(self) -> None:
         calibration = self.state["calibration"]
@@ -184,17 +207,18 @@ class PreparedModel:
             self.small_bottom = fused.SmallQMLP(self.bottom, float_input=True)
             self.small_top = fused.SmallQMLP(self.top, sigmoid=True)
         except fused.KernelUnavailable as exc:
-            self.kernels["small_batch_int8_mlp"] = f"oneDNN (VNNI kernel unavailable: {exc})"
+            self.kernels["small_batch_mlp"] = f"oneDNN (VNNI kernel unavailable: {exc})"
             return
-        self.kernels["small_batch_int8_mlp"] = (
+        self.small_rows_per_thread = SMALL_INT8_ROWS_PER_THREAD
+        self.kernels["small_batch_mlp"] = (
             f"VNNI C kernel up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread, oneDNN above")
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
     ) -> torch.Tensor:
         if (self.small_top is not None and one_hot
-                and dense.shape[0] <= SMALL_INT8_ROWS_PER_THREAD * torch.get_num_threads()):
-            return self._forward_small_int8(dense, indices)
+                and dense.shape[0] <= self.small_rows_per_thread * torch.get_num_threads()):
+            return self._forward_small(dense, indices)
         x = self.bottom_in(dense)
         for layer in self.bottom:
             x = layer(x)
@@ -211,13 +235,15 @@ class PreparedModel:
             z = layer(z)
         return self.finish(z)
 
-    def _forward_small_int8(self, dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _forward_small(self, dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Few rows: bottom MLP, gather + interaction, top MLP (+ sigmoid): three C calls."""
         assert self.small_bottom is not None and self.small_top is not None
-        assert self.gather is not None and self.top_qparams is not None
-        x = self.small_bottom(dense.float())
-        z = self.tables.workspace.get("z", (x.shape[0], self.gather.width), torch.uint8)
-        self.gather(x, indices, z, quantize=self.top_qparams)
+        assert self.gather is not None
+        x = self.small_bottom(dense.float().contiguous())
+        quantize = self.top_qparams  # int8: the gather quantizes for the top MLP's u8 input
+        z = self.tables.workspace.get("z", (x.shape[0], self.gather.width),
+                                      torch.uint8 if quantize else torch.float32)
+        self.gather(x, indices, z, quantize=quantize)
         return self.small_top(z)
 
     @torch.inference_mode()

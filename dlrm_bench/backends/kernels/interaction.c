@@ -1,4 +1,6 @@
-/* Fused one-hot embedding gather + dot interaction for the native backend (AVX-512, OpenMP).
+/* The native backend's C kernels (AVX-512, OpenMP): the fused one-hot embedding gather + dot
+ * interaction (below), and whole small-batch MLPs in int8 (dlrm_qmlp_small) and float32
+ * (dlrm_fmlp_small) further down.
  *
  * One call does, per sample b (rows of a batch in parallel):
  *   S = [x[b]; E_0[ids[0][b]]; ...; E_{T-1}[ids[T-1][b]]]            (T+1) x D, in L1
@@ -26,7 +28,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 5; }
+int dlrm_kernel_abi(void) { return 6; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -261,49 +263,87 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
     _mm512_mask_storeu_ps(dst, keep, y);
 }
 
-/* R rows (1..4) x NB output blocks (1..4) of one layer: R * NB independent vpdpbusd chains share
- * each weight load (NB) and each broadcast input word (R). Inlined with constant R and NB. */
-static inline __attribute__((always_inline)) VNNI void qtile(
-    const dlrm_qlayer *L, int R, int NB, int64_t blk, const uint8_t *x, int64_t x_stride,
-    int64_t m0, void *out, int64_t out_stride) {
-    const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull;
-    const __m512i *w = (const __m512i *)(L->w + blk * kw * 64);
-    __m512i acc[4][4], wv[4];
-    for (int r = 0; r < 4; r++)
-        for (int b = 0; b < 4; b++) acc[r][b] = _mm512_setzero_si512();
-    for (int64_t q = 0; q < kfull; q++) { /* no call in this loop: accumulators stay in zmm */
-        for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(w + b * kw + q);
-        for (int r = 0; r < R; r++) {
-            const __m512i bx = _mm512_set1_epi32(word_at(x + (m0 + r) * x_stride + 4 * q));
-            for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], bx, wv[b]);
-        }
+/* Tiles of 4 rows x 4 output blocks (16 vpdpbusd chains share each weight load and each
+ * broadcast input word) and 1 row x 4 blocks. The accumulators are named variables, not an
+ * array: with an array gcc 12 copied all 16 between registers on every k step (and spilled one),
+ * which held the loop to ~57% of the vpdpbusd peak. A group with fewer than 4 blocks (the last
+ * of a layer whose width is not a multiple of 64) reads its last block again in the missing
+ * lanes and stores only the real ones. */
+#define DP4(a, bx) \
+    a##0 = _mm512_dpbusd_epi32(a##0, bx, v0); a##1 = _mm512_dpbusd_epi32(a##1, bx, v1); \
+    a##2 = _mm512_dpbusd_epi32(a##2, bx, v2); a##3 = _mm512_dpbusd_epi32(a##3, bx, v3)
+#define LOAD4(q) \
+    const __m512i v0 = _mm512_loadu_si512(w0 + (q)), v1 = _mm512_loadu_si512(w1 + (q)); \
+    const __m512i v2 = _mm512_loadu_si512(w2 + (q)), v3 = _mm512_loadu_si512(w3 + (q))
+#define STORE4(a, row) \
+    for (int b = 0; b < nb; b++) \
+        qstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
+               row, out_stride)
+#define BLOCK_POINTERS \
+    const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull; \
+    const __m512i *w0 = (const __m512i *)(L->w + blk * kw * 64); \
+    const __m512i *w1 = w0 + (nb > 1 ? kw : 0), *w2 = w0 + (nb > 2 ? 2 * kw : 0); \
+    const __m512i *w3 = w0 + (nb > 3 ? 3 * kw : 0)
+
+static VNNI void qtile4(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
+                        int64_t x_stride, int64_t m0, void *out, int64_t out_stride) {
+    BLOCK_POINTERS;
+    const uint8_t *x0 = x + m0 * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride;
+    const uint8_t *x3 = x2 + x_stride;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0;
+    __m512i b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+    if (have) { /* the last, partial word of k first (weights beyond k are zero): a
+                  * tail after the loop made gcc copy the accumulators on every k step */
+        LOAD4(kfull);
+        __m512i bx = _mm512_set1_epi32(tail_word(x0 + 4 * kfull, have));
+        DP4(a, bx);
+        bx = _mm512_set1_epi32(tail_word(x1 + 4 * kfull, have));
+        DP4(b, bx);
+        bx = _mm512_set1_epi32(tail_word(x2 + 4 * kfull, have));
+        DP4(c, bx);
+        bx = _mm512_set1_epi32(tail_word(x3 + 4 * kfull, have));
+        DP4(d, bx);
     }
-    if (have) { /* the last, partial word of k (weights beyond k are zero) */
-        for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(w + b * kw + kfull);
-        for (int r = 0; r < R; r++) {
-            const __m512i bx = _mm512_set1_epi32(
-                tail_word(x + (m0 + r) * x_stride + 4 * kfull, have));
-            for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], bx, wv[b]);
-        }
+    for (int64_t q = 0; q < kfull; q++) {
+        LOAD4(q);
+        __m512i bx = _mm512_set1_epi32(word_at(x0 + 4 * q));
+        DP4(a, bx);
+        bx = _mm512_set1_epi32(word_at(x1 + 4 * q));
+        DP4(b, bx);
+        bx = _mm512_set1_epi32(word_at(x2 + 4 * q));
+        DP4(c, bx);
+        bx = _mm512_set1_epi32(word_at(x3 + 4 * q));
+        DP4(d, bx);
     }
-    for (int r = 0; r < R; r++)
-        for (int b = 0; b < NB; b++)
-            qstore(L, acc[r][b], (blk + b) * 16, out, m0 + r, out_stride);
+    STORE4(a, m0);
+    STORE4(b, m0 + 1);
+    STORE4(c, m0 + 2);
+    STORE4(d, m0 + 3);
 }
 
-#define QTILE_NB(R, NB) \
-    switch (NB) { \
-    case 4: qtile(L, R, 4, blk, x, x_stride, m, out, out_stride); break; \
-    case 3: qtile(L, R, 3, blk, x, x_stride, m, out, out_stride); break; \
-    case 2: qtile(L, R, 2, blk, x, x_stride, m, out, out_stride); break; \
-    default: qtile(L, R, 1, blk, x, x_stride, m, out, out_stride); \
+static VNNI void qtile1(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
+                        int64_t x_stride, int64_t m0, void *out, int64_t out_stride) {
+    BLOCK_POINTERS;
+    const uint8_t *x0 = x + m0 * x_stride;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    if (have) {
+        LOAD4(kfull);
+        const __m512i bx = _mm512_set1_epi32(tail_word(x0 + 4 * kfull, have));
+        DP4(a, bx);
     }
+    for (int64_t q = 0; q < kfull; q++) {
+        LOAD4(q);
+        const __m512i bx = _mm512_set1_epi32(word_at(x0 + 4 * q));
+        DP4(a, bx);
+    }
+    STORE4(a, m0);
+}
 
 static VNNI void qlayer_rows(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
                              int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
     int64_t m = 0;
-    for (; m + 4 <= rows; m += 4) QTILE_NB(4, nb)
-    for (; m < rows; m++) QTILE_NB(1, nb)
+    for (; m + 4 <= rows; m += 4) qtile4(L, nb, blk, x, x_stride, m, out, out_stride);
+    for (; m < rows; m++) qtile1(L, nb, blk, x, x_stride, m, out, out_stride);
 }
 
 /* Runs layers[0..n_layers) on rows of x (uint8 [rows, k0], or float32 quantized first with
@@ -343,6 +383,144 @@ VNNI int dlrm_qmlp_small(
             for (int64_t g = 0; g < groups; g++) {
                 const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
                 qlayer_rows(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
+            }
+            in = dst;
+            in_stride = scratch_stride;
+        }
+    }
+    return 0;
+}
+
+/* Small-batch float32 MLP (AVX-512 FMA), the avx_fp32 counterpart of dlrm_qmlp_small: at 1-64
+ * rows oneDNN's per-layer call cost and blocking for big M leave much of the FMA peak unused.
+ * Layer l: y[m, n] = post(sum_k x[m, k] * w[n, k] + bias[n]), post = ReLU, sigmoid or none.
+ * Weights packed as [N/16][K][16] (N padded with zero rows): one 64-byte load holds one k of 16
+ * outputs, multiplied by a broadcast x[m, k]. Tiles of 4 rows x 4 output blocks (16 FMA chains
+ * per weight load and broadcast) and 1 row x 4 blocks, as the int8 kernel. */
+typedef struct {
+    int64_t k, n;
+    const float *w;
+    const float *bias;
+    int32_t post; /* 0 none, 1 relu, 2 sigmoid */
+} dlrm_flayer;
+
+static inline void fstore(const dlrm_flayer *L, __m512 acc, int64_t n0, float *out, int64_t m,
+                          int64_t out_stride) {
+    const __mmask16 keep = L->n - n0 >= 16 ? (__mmask16)0xFFFF
+                                           : (__mmask16)((1u << (L->n - n0)) - 1);
+    __m512 y = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(keep, L->bias + n0));
+    float *dst = out + m * out_stride + n0;
+    if (L->post == 2) { /* the 1-wide head: a few scalars */
+        float tmp[16];
+        _mm512_storeu_ps(tmp, y);
+        for (int j = 0; j < 16; j++)
+            if (keep >> j & 1) dst[j] = 1.0f / (1.0f + expf(-tmp[j]));
+        return;
+    }
+    if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
+    _mm512_mask_storeu_ps(dst, keep, y);
+}
+
+#define FMA4(a, bx) \
+    a##0 = _mm512_fmadd_ps(bx, v0, a##0); a##1 = _mm512_fmadd_ps(bx, v1, a##1); \
+    a##2 = _mm512_fmadd_ps(bx, v2, a##2); a##3 = _mm512_fmadd_ps(bx, v3, a##3)
+#define FLOAD4(k) \
+    const __m512 v0 = _mm512_loadu_ps(w0 + 16 * (k)), v1 = _mm512_loadu_ps(w1 + 16 * (k)); \
+    const __m512 v2 = _mm512_loadu_ps(w2 + 16 * (k)), v3 = _mm512_loadu_ps(w3 + 16 * (k))
+#define FSTORE4(a, row) \
+    for (int b = 0; b < nb; b++) \
+        fstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
+               row, out_stride)
+#define FBLOCK_POINTERS \
+    const int64_t K = L->k; \
+    const float *w0 = L->w + blk * K * 16; \
+    const float *w1 = w0 + (nb > 1 ? K * 16 : 0), *w2 = w0 + (nb > 2 ? 2 * K * 16 : 0); \
+    const float *w3 = w0 + (nb > 3 ? 3 * K * 16 : 0)
+
+static void ftile4(const dlrm_flayer *L, int nb, int64_t blk, const float *x, int64_t x_stride,
+                   int64_t m0, float *out, int64_t out_stride) {
+    FBLOCK_POINTERS;
+    const float *x0 = x + m0 * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride;
+    const float *x3 = x2 + x_stride;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0;
+    __m512 b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+    for (int64_t k = 0; k < K; k++) {
+        FLOAD4(k);
+        __m512 bx = _mm512_set1_ps(x0[k]);
+        FMA4(a, bx);
+        bx = _mm512_set1_ps(x1[k]);
+        FMA4(b, bx);
+        bx = _mm512_set1_ps(x2[k]);
+        FMA4(c, bx);
+        bx = _mm512_set1_ps(x3[k]);
+        FMA4(d, bx);
+    }
+    FSTORE4(a, m0);
+    FSTORE4(b, m0 + 1);
+    FSTORE4(c, m0 + 2);
+    FSTORE4(d, m0 + 3);
+}
+
+static void ftile1(const dlrm_flayer *L, int nb, int64_t blk, const float *x, int64_t x_stride,
+                   int64_t m0, float *out, int64_t out_stride) {
+    FBLOCK_POINTERS;
+    const float *x0 = x + m0 * x_stride;
+    /* two chains per block: four alone wait on the FMA latency at one row */
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0;
+    __m512 e3 = a0;
+    int64_t k = 0;
+    for (; k + 2 <= K; k += 2) {
+        {
+            FLOAD4(k);
+            const __m512 bx = _mm512_set1_ps(x0[k]);
+            FMA4(a, bx);
+        }
+        {
+            FLOAD4(k + 1);
+            const __m512 bx = _mm512_set1_ps(x0[k + 1]);
+            FMA4(e, bx);
+        }
+    }
+    if (k < K) {
+        FLOAD4(k);
+        const __m512 bx = _mm512_set1_ps(x0[k]);
+        FMA4(a, bx);
+    }
+    a0 = _mm512_add_ps(a0, e0);
+    a1 = _mm512_add_ps(a1, e1);
+    a2 = _mm512_add_ps(a2, e2);
+    a3 = _mm512_add_ps(a3, e3);
+    FSTORE4(a, m0);
+}
+
+/* Runs layers[0..n_layers) on float32 rows x [rows, k0]; intermediate rows alternate between
+ * scratch_a / scratch_b ([rows, scratch_stride] each); the last layer writes out. Returns 0, -1
+ * on bad arguments. */
+int dlrm_fmlp_small(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, const float *x,
+                    int64_t x_stride, float *scratch_a, float *scratch_b, int64_t scratch_stride,
+                    float *out, int64_t out_stride, int32_t threads) {
+    if (rows <= 0 || n_layers <= 0 || n_layers > MAX_LAYERS) return -1;
+    for (int32_t l = 0; l < n_layers; l++) {
+        if (l + 1 < n_layers && layers[l].n > scratch_stride) return -1;
+        if (l > 0 && layers[l].k != layers[l - 1].n) return -1;
+    }
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const float *in = x;
+        int64_t in_stride = x_stride;
+        for (int32_t l = 0; l < n_layers; l++) {
+            const dlrm_flayer *L = &layers[l];
+            const int last = l + 1 == n_layers;
+            float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
+            const int64_t dst_stride = last ? out_stride : scratch_stride;
+            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g++) {
+                const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+                int64_t m = 0;
+                for (; m + 4 <= rows; m += 4)
+                    ftile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
+                for (; m < rows; m++) ftile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
             }
             in = dst;
             in_stride = scratch_stride;
