@@ -113,9 +113,11 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {precision} | {_num(peak.get('peak_gflops'), 1)} | "
                      f"{peak.get('best') or '—'} |")
     kernels: dict[str, dict[str, str]] = {}
-    for r in doc["runs"]:
-        if r.get("backend") == "native" and r.get("kernels"):
-            kernels.setdefault(r["precision"], r["kernels"])
+    for r in doc["runs"]:  # native and its variants (native-unfused, native-fused-all)
+        backend = r.get("backend", "")
+        if backend.startswith("native") and r.get("kernels"):
+            label = r["precision"] + ("" if backend == "native" else f" ({backend})")
+            kernels.setdefault(label, r["kernels"])
     if kernels:  # which native kernels ran (the fused ones, or why not)
         lines += ["", "Native kernels: " + "; ".join(
             f"{p}: " + ", ".join(f"{k} = {v}" for k, v in ks.items())

@@ -293,11 +293,12 @@ def test_model_uses_the_small_kernels_only_for_small_batches(precision: str) -> 
     batch = make_batch(spec, limit + 8, seed=11)
     dense, offsets, ids = batch.dense, batch.offsets, batch.indices
     prepared = native.prepare(model, precision, calibration=[batch])
-    assert prepared.kernels["small_batch_mlp"].startswith(
-        f"{'VNNI' if precision == 'avx_int8' else 'AVX-512'} C kernel up to {limit} rows")
+    isa = "VNNI int8" if precision == "avx_int8" else "AVX-512 fp32"
+    assert prepared.kernels["small_batches"] == (
+        f"one C call ({isa} MLPs) up to {limit} rows per thread")
     calls: list[int] = []
-    real = prepared._forward_small
-    prepared._forward_small = lambda d, i: (calls.append(d.shape[0]), real(d, i))[1]
+    real = prepared.small_forward
+    prepared.small_forward = lambda d, o, i: (calls.append(d.shape[0]), real(d, o, i))[1]
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the limit is per thread
     try:
@@ -305,9 +306,78 @@ def test_model_uses_the_small_kernels_only_for_small_batches(precision: str) -> 
         big = prepared(dense, offsets, ids)
     finally:
         torch.set_num_threads(before)
-    assert calls == [5], f"{limit + 8} rows must go to oneDNN, 5 rows to the kernels"
+    assert calls == [5], f"{limit + 8} rows must go to oneDNN, 5 rows to the one-call kernel"
     tolerance = 2e-2 if precision == "avx_int8" else 1e-5  # int8: 1-LSB rounding ties
     assert float((small - big[:5]).abs().max()) <= tolerance
+
+
+def small_and_plain(precision: str, monkeypatch: pytest.MonkeyPatch):
+    """The tiny model prepared with the kernels and with them off, and a batch of 40 rows."""
+    if precision == "avx_int8" and "avx512_vnni" not in cpu_flags():
+        pytest.skip("CPU lacks AVX512-VNNI")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    batch = make_batch(spec, 40, seed=21)
+    with_kernels = native.prepare(model, precision, calibration=[batch])
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    fused.load.cache_clear()
+    plain = native.prepare(model, precision, calibration=[batch])
+    assert with_kernels.small_forward is not None and plain.small_forward is None
+    return with_kernels, plain, batch
+
+
+@needs_kernel
+@pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_call_forward_equals_the_general_path(
+    precision: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows around the 4-row tiles, on 1 and 2 threads (the gather shares out rows inside the
+    MLPs' parallel region); views of a bigger batch (strided ids and offsets)."""
+    small, plain, batch = small_and_plain(precision, monkeypatch)
+    tolerance = 2e-2 if precision == "avx_int8" else 1e-5  # int8: 1-LSB rounding ties
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 3, 4, 9, 40):
+            args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
+            got = small.small_forward(*args)
+            assert got is not None and got.shape == (rows, 1)
+            expected = plain(*args)
+            assert float((got - expected).abs().max()) <= tolerance, rows
+            assert float(expected.std() if rows > 1 else 1) > 0
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
+@pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
+def test_one_call_forward_leaves_multi_id_bags_to_the_general_path(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, plain, batch = small_and_plain(precision, monkeypatch)
+    rows, tables = 6, batch.offsets.shape[0]
+    # table 1: bag 2 empty, bag 3 sums ids 2 and 3 (EmbeddingBag offsets)
+    offsets = torch.arange(rows).expand(tables, rows).contiguous()
+    offsets[1, 3] = 2
+    ids = batch.indices[:, :rows].contiguous()
+    dense = batch.dense[:rows]
+    assert small.small_forward(dense, offsets, ids) is None
+    got, expected = small(dense, offsets, ids), plain(dense, offsets, ids)
+    tolerance = 2e-2 if precision == "avx_int8" else 1e-5
+    assert float((got - expected).abs().max()) <= tolerance
+
+
+@needs_kernel
+@pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
+def test_one_call_forward_refuses_ids_outside_their_table(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, _plain, batch = small_and_plain(precision, monkeypatch)
+    ids = batch.indices[:, :3].clone()
+    ids[2, 1] = small.spec.table_sizes[2]
+    with pytest.raises(IndexError, match="outside its table"):
+        small(batch.dense[:3], batch.offsets[:, :3], ids)
 
 
 @needs_kernel

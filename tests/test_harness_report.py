@@ -18,6 +18,7 @@ def _run(backend: str, repeat: int, rate: float, layout: str = "batch 2048") -> 
 
 
 RUNS = [{**_run("native", 0, 1000.0), "kernels": {"interaction": "fused C kernel"}},
+        {**_run("native-unfused", 0, 500.0), "kernels": {"interaction": "torch ops"}},
         _run("ipex", 0, 2000.0), _run("native", 1, 1200.0),
         _run("ipex", 1, 1500.0), _run("native", 2, 900.0), _run("ipex", 2, 1800.0),
         {"backend": "ipex", "precision": "amx_int8", "layout": "batch 1", "repeat": 0,
@@ -52,4 +53,5 @@ def test_markdown_has_the_table_latency_peaks_and_failures() -> None:
     assert "| amx_int8 | 1,000.0 | qlinear @2048 |" in text
     assert "Failures: amx_int8 batch 1 ipex: exit 1: boom" in text
     assert "IPEX 2.8.0" in text
-    assert "Native kernels: amx_int8: interaction = fused C kernel" in text
+    assert ("Native kernels: amx_int8: interaction = fused C kernel; "
+            "amx_int8 (native-unfused): interaction = torch ops") in text

@@ -31,7 +31,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 6
+ABI = 7
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -152,6 +152,11 @@ def load() -> ctypes.CDLL:
     fmlp = lib.dlrm_fmlp_small
     fmlp.restype = ctypes.c_int
     fmlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ptr, ptr, i64, ptr, i64, ctypes.c_int32]
+    lib.dlrm_small_scratch_bytes.restype = i64
+    lib.dlrm_small_scratch_bytes.argtypes = [ptr, i64]
+    fwd = lib.dlrm_forward_small
+    fwd.restype = ctypes.c_int
+    fwd.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int32]
     return lib
 
 
@@ -383,4 +388,80 @@ class SmallFMLP:
             out.stride(0), torch.get_num_threads())
         if code != 0:
             raise RuntimeError(f"small float MLP kernel refused its arguments ({code})")
+        return out
+
+
+class SmallModel(ctypes.Structure):
+    """``dlrm_small_model`` of ``interaction.c``: what ``dlrm_forward_small`` runs."""
+
+    _fields_ = [("mlp_kind", ctypes.c_int32), ("n_bottom", ctypes.c_int32),
+                ("n_top", ctypes.c_int32), ("bottom", ctypes.c_void_p), ("top", ctypes.c_void_p),
+                ("x_inv_scale", ctypes.c_float), ("x_zp", ctypes.c_float),
+                ("z_inv_scale", ctypes.c_float), ("z_zp", ctypes.c_float),
+                ("width", ctypes.c_int64), ("num_tables", ctypes.c_int64),
+                ("dim", ctypes.c_int64), ("row_bytes", ctypes.c_int64),
+                ("table_kind", ctypes.c_int32), ("table_addr", ctypes.c_void_p),
+                ("table_rows", ctypes.c_void_p)]
+
+
+class SmallForward:
+    """A whole forward for few-row batches in one C call (``dlrm_forward_small``): the bottom
+    chain, ``gather``'s lookups + interaction and the top chain (ending in the sigmoid), in one
+    parallel region. ``bottom`` / ``top``: ``SmallFMLP``s, or ``SmallQMLP``s (bottom with
+    ``float_input``, top with ``sigmoid``) with ``quantize``, the top input's (scale, zero
+    point). Holds references to all of them: their structs and tensors must stay alive.
+    """
+
+    def __init__(self, gather: GatherInteraction, bottom: SmallQMLP | SmallFMLP,
+                 top: SmallQMLP | SmallFMLP, quantize: tuple[float, int] | None = None) -> None:
+        self.lib = load()
+        int8 = isinstance(bottom, SmallQMLP)
+        if int8 != isinstance(top, SmallQMLP) or int8 != (quantize is not None):
+            raise ValueError("bottom and top must both be int8 chains (with quantize) or float")
+        if int8 and not (bottom.float_input and not top.out_u8 and not bottom.out_u8):
+            raise ValueError("an int8 forward needs a float-input bottom and a float top")
+        if top.structs[len(top.structs) - 1].post != POSTS["sigmoid"]:
+            raise ValueError("the top chain must end in the sigmoid")
+        if bottom.n != gather.dim or top.k != gather.width or top.n != 1:
+            raise ValueError(f"chains of {bottom.k}->{bottom.n} and {top.k}->{top.n} do not fit "
+                             f"an interaction of {gather.dim} -> {gather.width}")
+        self.parts = (gather, bottom, top)
+        z_inv_scale, z_zp = (1.0 / quantize[0], float(quantize[1])) if quantize else (1.0, 0.0)
+        self.model = SmallModel(
+            int(int8), len(bottom.structs), len(top.structs),
+            ctypes.cast(bottom.structs, ctypes.c_void_p), ctypes.cast(top.structs, ctypes.c_void_p),
+            bottom.x_inv_scale if int8 else 1.0, bottom.x_zp if int8 else 0.0, z_inv_scale, z_zp,
+            max(bottom.width, top.width), gather.num_tables, gather.dim, gather.row_bytes,
+            gather.kind, gather.addresses.data_ptr(), gather.rows.data_ptr())
+        self.scratch = Workspace()
+        self.scratch_bytes: dict[int, int] = {}
+
+    def __call__(self, dense: torch.Tensor, offsets: torch.Tensor,
+                 indices: torch.Tensor) -> torch.Tensor | None:
+        """``dense [B, 13]``, ``offsets`` / ``indices`` ``[T, B]`` int64 -> ``[B, 1]`` float32
+        probabilities; None when a bag holds other than one id (the caller's general path)."""
+        rows = dense.shape[0]
+        gather = self.parts[0]
+        if (offsets.dtype != torch.int64 or indices.dtype != torch.int64
+                or offsets.shape != (gather.num_tables, rows) or indices.shape != offsets.shape):
+            return None
+        if dense.dtype != torch.float32 or dense.stride(1) != 1:
+            dense = dense.float().contiguous()
+        size = self.scratch_bytes.get(rows)
+        if size is None:
+            size = self.scratch_bytes[rows] = self.lib.dlrm_small_scratch_bytes(
+                ctypes.byref(self.model), rows)
+        scratch = self.scratch.get("forward", (size,), torch.uint8)
+        out = torch.empty(rows, 1, dtype=torch.float32)
+        code = self.lib.dlrm_forward_small(
+            ctypes.byref(self.model), rows, dense.data_ptr(), dense.stride(0),
+            offsets.data_ptr(), offsets.stride(0), offsets.stride(1), indices.data_ptr(),
+            indices.stride(0), indices.stride(1), scratch.data_ptr(), out.data_ptr(),
+            torch.get_num_threads())
+        if code == 1:
+            return None
+        if code == -2:
+            raise IndexError("an embedding id is outside its table")
+        if code != 0:
+            raise RuntimeError(f"small forward kernel refused its arguments ({code})")
         return out

@@ -130,9 +130,9 @@ class PreparedModel:
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
         self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
-        # few rows (avx_int8, avx_fp32): each MLP in one C call, up to this many rows per thread
-        self.small_bottom: fused.SmallQMLP | fused.SmallFMLP | None = None
-        self.small_top: fused.SmallQMLP | fused.SmallFMLP | None = None
+        # few rows (avx_int8, avx_fp32): the whole forward in one C call, up to this many rows
+        # per thread
+        self.small_forward: fused.SmallForward | None = None
         self.small_rows_per_thread = 0
         with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
@@ -175,15 +175,16 @@ class PreparedModel:
             self._use_small_float_kernel()
 
     def _use_small_float_kernel(self) -> None:
+        assert self.gather is not None
         try:
-            self.small_bottom = fused.SmallFMLP(self.bottom)
-            self.small_top = fused.SmallFMLP(self.top)
+            self.small_forward = fused.SmallForward(
+                self.gather, fused.SmallFMLP(self.bottom), fused.SmallFMLP(self.top))
         except fused.KernelUnavailable as exc:
-            self.kernels["small_batch_mlp"] = f"oneDNN (AVX-512 kernel unavailable: {exc})"
+            self.kernels["small_batches"] = f"as big ones (AVX-512 kernel unavailable: {exc})"
             return
         self.small_rows_per_thread = SMALL_FLOAT_ROWS_PER_THREAD
-        self.kernels["small_batch_mlp"] = (
-            f"AVX-512 C kernel up to {SMALL_FLOAT_ROWS_PER_THREAD} rows per thread, oneDNN above")
+        self.kernels["small_batches"] = (
+            f"one C call (AVX-512 fp32 MLPs) up to {SMALL_FLOAT_ROWS_PER_THREAD} rows per thread")
 
     def _build_int8(self) -> None:
         calibration = self.state["calibration"]
@@ -203,22 +204,21 @@ class PreparedModel:
             self._use_small_int8_kernel()
 
     def _use_small_int8_kernel(self) -> None:
+        assert self.gather is not None
         try:
-            self.small_bottom = fused.SmallQMLP(self.bottom, float_input=True)
-            self.small_top = fused.SmallQMLP(self.top, sigmoid=True)
+            self.small_forward = fused.SmallForward(
+                self.gather, fused.SmallQMLP(self.bottom, float_input=True),
+                fused.SmallQMLP(self.top, sigmoid=True), self.top_qparams)
         except fused.KernelUnavailable as exc:
-            self.kernels["small_batch_mlp"] = f"oneDNN (VNNI kernel unavailable: {exc})"
+            self.kernels["small_batches"] = f"as big ones (VNNI kernel unavailable: {exc})"
             return
         self.small_rows_per_thread = SMALL_INT8_ROWS_PER_THREAD
-        self.kernels["small_batch_mlp"] = (
-            f"VNNI C kernel up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread, oneDNN above")
+        self.kernels["small_batches"] = (
+            f"one C call (VNNI int8 MLPs) up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread")
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
     ) -> torch.Tensor:
-        if (self.small_top is not None and one_hot
-                and dense.shape[0] <= self.small_rows_per_thread * torch.get_num_threads()):
-            return self._forward_small(dense, indices)
         x = self.bottom_in(dense)
         for layer in self.bottom:
             x = layer(x)
@@ -235,23 +235,17 @@ class PreparedModel:
             z = layer(z)
         return self.finish(z)
 
-    def _forward_small(self, dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Few rows: bottom MLP, gather + interaction, top MLP (+ sigmoid): three C calls."""
-        assert self.small_bottom is not None and self.small_top is not None
-        assert self.gather is not None
-        x = self.small_bottom(dense.float().contiguous())
-        quantize = self.top_qparams  # int8: the gather quantizes for the top MLP's u8 input
-        z = self.tables.workspace.get("z", (x.shape[0], self.gather.width),
-                                      torch.uint8 if quantize else torch.float32)
-        self.gather(x, indices, z, quantize=quantize)
-        return self.small_top(z)
-
     @torch.inference_mode()
     def __call__(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor
     ) -> torch.Tensor:
         """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
         batch = dense.shape[0]
+        if (self.small_forward is not None and isinstance(offsets, torch.Tensor)
+                and batch <= self.small_rows_per_thread * torch.get_num_threads()):
+            out = self.small_forward(dense, offsets, indices)
+            if out is not None:  # None: not one id per bag
+                return out
         if self.gather is not None and isinstance(offsets, torch.Tensor):
             one_hot = self.gather.one_hot(offsets, indices)
         else:

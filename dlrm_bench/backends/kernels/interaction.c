@@ -28,7 +28,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 6; }
+int dlrm_kernel_abi(void) { return 7; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -128,6 +128,67 @@ int dlrm_one_hot(const int64_t *offsets, int64_t stride_t, int64_t stride_b, int
     return 1;
 }
 
+/* The rows of one gather + interaction, shared out by an orphaned `omp for`: called inside a
+ * parallel region (dlrm_gather_interact's, or dlrm_forward_small's) or serially. Arguments as
+ * dlrm_gather_interact's, checked there; sets *bad_id when an id is outside its table. */
+static void gather_rows(
+    int64_t batch, int64_t num_tables, int64_t dim, const float *x, int64_t x_stride,
+    const int64_t *ids, int64_t ids_stride_t, int64_t ids_stride_b, const int64_t *table_addr,
+    const int64_t *table_rows, int64_t row_bytes, int32_t kind, void *out, int64_t out_stride,
+    int32_t out_kind, float inv_scale, float zero_point, int *bad_id) {
+    const int64_t n = num_tables + 1;
+    const int64_t width = dim + n * (n - 1) / 2;
+    float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
+    float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
+    const float *rows[MAX_ROWS];
+
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+        if (b + PREFETCH_AHEAD < batch) {
+            const int64_t p = b + PREFETCH_AHEAD;
+            for (int64_t t = 0; t < num_tables; t++) {
+                const int64_t id = ids[t * ids_stride_t + p * ids_stride_b];
+                if ((uint64_t)id < (uint64_t)table_rows[t])
+                    prefetch_row((const char *)table_addr[t] + id * row_bytes, row_bytes);
+            }
+        }
+        rows[0] = x + b * x_stride;
+        int ok = 1;
+        for (int64_t t = 0; t < num_tables && ok; t++) {
+            const int64_t id = ids[t * ids_stride_t + b * ids_stride_b];
+            if ((uint64_t)id >= (uint64_t)table_rows[t]) {
+                ok = 0;
+                break;
+            }
+            const char *row = (const char *)table_addr[t] + id * row_bytes;
+            if (kind == 0) {
+                rows[t + 1] = (const float *)row;
+            } else {
+                if (kind == 1) dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
+                else widen_bf16_row((const uint16_t *)row, dim, deq + (t + 1) * dim);
+                rows[t + 1] = deq + (t + 1) * dim;
+            }
+        }
+        if (!ok) {
+#pragma omp atomic write
+            *bad_id = 1;
+            continue;
+        }
+        float *z = out_kind ? zrow : (float *)out + b * out_stride;
+        memcpy(z, rows[0], dim * sizeof(float));
+        float *tri = z + dim;
+        for (int64_t i = 1; i < n; i++) {
+            dots_of_row(rows, i, dim, tri);
+            tri += i;
+        }
+        if (out_kind == 1)
+            quantize_to(zrow, width, inv_scale, zero_point,
+                        (uint8_t *)out + b * out_stride);
+        else if (out_kind == 2)
+            narrow_to_bf16(zrow, width, (uint16_t *)out + b * out_stride);
+    }
+}
+
 /* Returns 0; -1 for arguments the kernel does not handle (the caller checks first); -2 when an
  * id is outside its table (those samples' outputs are left unwritten). */
 int dlrm_gather_interact(
@@ -138,65 +199,14 @@ int dlrm_gather_interact(
     int64_t row_bytes, int32_t kind,
     void *out, int64_t out_stride, int32_t out_kind, float inv_scale, float zero_point,
     int32_t threads) {
-    const int64_t n = num_tables + 1;
-    if (n > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || kind < 0 || kind > 2 || out_kind < 0
-        || out_kind > 2)
+    if (num_tables + 1 > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || kind < 0 || kind > 2
+        || out_kind < 0 || out_kind > 2)
         return -1;
-    const int64_t width = dim + n * (n - 1) / 2;
     int bad_id = 0;
-
 #pragma omp parallel num_threads(threads) if (threads > 1 && batch >= 32)
-    {
-        float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
-        float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
-        const float *rows[MAX_ROWS];
-
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < batch; b++) {
-            if (b + PREFETCH_AHEAD < batch) {
-                const int64_t p = b + PREFETCH_AHEAD;
-                for (int64_t t = 0; t < num_tables; t++) {
-                    const int64_t id = ids[t * ids_stride_t + p * ids_stride_b];
-                    if ((uint64_t)id < (uint64_t)table_rows[t])
-                        prefetch_row((const char *)table_addr[t] + id * row_bytes, row_bytes);
-                }
-            }
-            rows[0] = x + b * x_stride;
-            int ok = 1;
-            for (int64_t t = 0; t < num_tables && ok; t++) {
-                const int64_t id = ids[t * ids_stride_t + b * ids_stride_b];
-                if ((uint64_t)id >= (uint64_t)table_rows[t]) {
-                    ok = 0;
-                    break;
-                }
-                const char *row = (const char *)table_addr[t] + id * row_bytes;
-                if (kind == 0) {
-                    rows[t + 1] = (const float *)row;
-                } else {
-                    if (kind == 1) dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
-                    else widen_bf16_row((const uint16_t *)row, dim, deq + (t + 1) * dim);
-                    rows[t + 1] = deq + (t + 1) * dim;
-                }
-            }
-            if (!ok) {
-#pragma omp atomic write
-                bad_id = 1;
-                continue;
-            }
-            float *z = out_kind ? zrow : (float *)out + b * out_stride;
-            memcpy(z, rows[0], dim * sizeof(float));
-            float *tri = z + dim;
-            for (int64_t i = 1; i < n; i++) {
-                dots_of_row(rows, i, dim, tri);
-                tri += i;
-            }
-            if (out_kind == 1)
-                quantize_to(zrow, width, inv_scale, zero_point,
-                            (uint8_t *)out + b * out_stride);
-            else if (out_kind == 2)
-                narrow_to_bf16(zrow, width, (uint16_t *)out + b * out_stride);
-        }
-    }
+    gather_rows(batch, num_tables, dim, x, x_stride, ids, ids_stride_t, ids_stride_b,
+                table_addr, table_rows, row_bytes, kind, out, out_stride, out_kind, inv_scale,
+                zero_point, &bad_id);
     return bad_id ? -2 : 0;
 }
 
@@ -346,6 +356,49 @@ static VNNI void qlayer_rows(const dlrm_qlayer *L, int nb, int64_t blk, const ui
     for (; m < rows; m++) qtile1(L, nb, blk, x, x_stride, m, out, out_stride);
 }
 
+/* The chain's layers inside a parallel region (orphaned `omp for`s; their implicit barriers
+ * order the layers), or serially. Arguments as dlrm_qmlp_small's, checked there. */
+static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers, const void *x,
+                        int64_t x_stride, int32_t x_float, float x_inv_scale, float x_zero_point,
+                        uint8_t *scratch_a, uint8_t *scratch_b, int64_t scratch_stride,
+                        void *out, int64_t out_stride) {
+    const uint8_t *in = (const uint8_t *)x;
+    int64_t in_stride = x_stride;
+    if (x_float) {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < rows; m++)
+            quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale, x_zero_point,
+                        scratch_b + m * scratch_stride);
+        in = scratch_b;
+        in_stride = scratch_stride;
+    }
+    for (int32_t l = 0; l < n_layers; l++) {
+        const dlrm_qlayer *L = &layers[l];
+        const int last = l + 1 == n_layers;
+        uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
+        void *o = last ? out : (void *)dst;
+        const int64_t o_stride = last ? out_stride : scratch_stride;
+        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+            qlayer_rows(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
+        }
+        in = dst;
+        in_stride = scratch_stride;
+    }
+}
+
+static int qchain_ok(const dlrm_qlayer *layers, int32_t n_layers, int32_t x_float,
+                     int64_t scratch_stride) {
+    if (n_layers <= 0 || n_layers > MAX_LAYERS) return 0;
+    for (int32_t l = 0; l < n_layers; l++) {
+        if (l + 1 < n_layers && (!layers[l].out_u8 || layers[l].n > scratch_stride)) return 0;
+        if (l > 0 && layers[l].k != layers[l - 1].n) return 0;
+    }
+    return !(x_float && layers[0].k > scratch_stride);
+}
+
 /* Runs layers[0..n_layers) on rows of x (uint8 [rows, k0], or float32 quantized first with
  * x_inv_scale / x_zero_point); intermediate uint8 rows alternate between scratch_a/scratch_b
  * ([rows, scratch_stride] each); the last layer writes out. Returns 0, -1 on bad arguments. */
@@ -354,40 +407,10 @@ VNNI int dlrm_qmlp_small(
     const void *x, int64_t x_stride, int32_t x_float, float x_inv_scale, float x_zero_point,
     uint8_t *scratch_a, uint8_t *scratch_b, int64_t scratch_stride,
     void *out, int64_t out_stride, int32_t threads) {
-    if (rows <= 0 || n_layers <= 0 || n_layers > MAX_LAYERS) return -1;
-    for (int32_t l = 0; l < n_layers; l++) {
-        if (l + 1 < n_layers && (!layers[l].out_u8 || layers[l].n > scratch_stride)) return -1;
-        if (l > 0 && layers[l].k != layers[l - 1].n) return -1;
-    }
-    if (x_float && layers[0].k > scratch_stride) return -1;
+    if (rows <= 0 || !qchain_ok(layers, n_layers, x_float, scratch_stride)) return -1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        const uint8_t *in = (const uint8_t *)x;
-        int64_t in_stride = x_stride;
-        if (x_float) {
-#pragma omp for schedule(static)
-            for (int64_t m = 0; m < rows; m++)
-                quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale,
-                            x_zero_point, scratch_b + m * scratch_stride);
-            in = scratch_b;
-            in_stride = scratch_stride;
-        }
-        for (int32_t l = 0; l < n_layers; l++) {
-            const dlrm_qlayer *L = &layers[l];
-            const int last = l + 1 == n_layers;
-            uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
-            void *o = last ? out : (void *)dst;
-            const int64_t o_stride = last ? out_stride : scratch_stride;
-            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
-#pragma omp for schedule(static)
-            for (int64_t g = 0; g < groups; g++) {
-                const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
-                qlayer_rows(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
-            }
-            in = dst;
-            in_stride = scratch_stride;
-        }
-    }
+    qchain(rows, layers, n_layers, x, x_stride, x_float, x_inv_scale, x_zero_point, scratch_a,
+           scratch_b, scratch_stride, out, out_stride);
     return 0;
 }
 
@@ -493,38 +516,121 @@ static void ftile1(const dlrm_flayer *L, int nb, int64_t blk, const float *x, in
     FSTORE4(a, m0);
 }
 
+/* The float chain inside a parallel region, as qchain. Arguments as dlrm_fmlp_small's. */
+static void fchain(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, const float *x,
+                   int64_t x_stride, float *scratch_a, float *scratch_b, int64_t scratch_stride,
+                   float *out, int64_t out_stride) {
+    const float *in = x;
+    int64_t in_stride = x_stride;
+    for (int32_t l = 0; l < n_layers; l++) {
+        const dlrm_flayer *L = &layers[l];
+        const int last = l + 1 == n_layers;
+        float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
+        const int64_t dst_stride = last ? out_stride : scratch_stride;
+        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+            int64_t m = 0;
+            for (; m + 4 <= rows; m += 4) ftile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
+            for (; m < rows; m++) ftile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
+        }
+        in = dst;
+        in_stride = scratch_stride;
+    }
+}
+
+static int fchain_ok(const dlrm_flayer *layers, int32_t n_layers, int64_t scratch_stride) {
+    if (n_layers <= 0 || n_layers > MAX_LAYERS) return 0;
+    for (int32_t l = 0; l < n_layers; l++) {
+        if (l + 1 < n_layers && layers[l].n > scratch_stride) return 0;
+        if (l > 0 && layers[l].k != layers[l - 1].n) return 0;
+    }
+    return 1;
+}
+
 /* Runs layers[0..n_layers) on float32 rows x [rows, k0]; intermediate rows alternate between
  * scratch_a / scratch_b ([rows, scratch_stride] each); the last layer writes out. Returns 0, -1
  * on bad arguments. */
 int dlrm_fmlp_small(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, const float *x,
                     int64_t x_stride, float *scratch_a, float *scratch_b, int64_t scratch_stride,
                     float *out, int64_t out_stride, int32_t threads) {
-    if (rows <= 0 || n_layers <= 0 || n_layers > MAX_LAYERS) return -1;
-    for (int32_t l = 0; l < n_layers; l++) {
-        if (l + 1 < n_layers && layers[l].n > scratch_stride) return -1;
-        if (l > 0 && layers[l].k != layers[l - 1].n) return -1;
-    }
+    if (rows <= 0 || !fchain_ok(layers, n_layers, scratch_stride)) return -1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    fchain(rows, layers, n_layers, x, x_stride, scratch_a, scratch_b, scratch_stride, out,
+           out_stride);
+    return 0;
+}
+
+/* A whole forward for a few rows in one call and one parallel region: bottom MLP, gather +
+ * interaction, top MLP (+ sigmoid), float32 [rows, 1] probabilities in out. Instead of three
+ * calls from Python, each with its own region: at batch 1 their fixed costs were ~1/4 of the
+ * time. mlp_kind 0: dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
+ * quantizes the dense input), the interaction quantized for the top's uint8 input. */
+typedef struct {
+    int32_t mlp_kind, n_bottom, n_top;
+    const void *bottom, *top;
+    float x_inv_scale, x_zp, z_inv_scale, z_zp; /* int8: dense input / top input qparams */
+    int64_t width;                              /* widest bottom / top layer */
+    int64_t num_tables, dim, row_bytes;
+    int32_t table_kind;
+    const int64_t *table_addr, *table_rows;
+} dlrm_small_model;
+
+static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+/* Bytes of scratch dlrm_forward_small needs for rows. */
+int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows) {
+    const int64_t n = m->num_tables + 1, width = m->dim + n * (n - 1) / 2;
+    return 2 * align64(rows * m->width * 4) + align64(rows * m->dim * 4)
+           + align64(rows * width * 4);
+}
+
+/* Returns 0; 1 when a bag holds other than one id (offsets[t][b] != b: nothing was computed, the
+ * caller takes its general path); -1 bad arguments; -2 an id outside its table. */
+int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *dense,
+                       int64_t dense_stride, const int64_t *offsets, int64_t off_stride_t,
+                       int64_t off_stride_b, const int64_t *ids, int64_t ids_stride_t,
+                       int64_t ids_stride_b, char *scratch, float *out, int32_t threads) {
+    const int64_t n = m->num_tables + 1, zwidth = m->dim + n * (n - 1) / 2;
+    const int q8 = m->mlp_kind == 1;
+    if (rows <= 0 || n > MAX_ROWS || m->dim > MAX_DIM || m->dim % 16 || m->table_kind < 0
+        || m->table_kind > 2)
+        return -1;
+    if (q8 ? !(qchain_ok(m->bottom, m->n_bottom, 1, m->width)
+               && qchain_ok(m->top, m->n_top, 0, m->width))
+           : !(fchain_ok(m->bottom, m->n_bottom, m->width)
+               && fchain_ok(m->top, m->n_top, m->width)))
+        return -1;
+#define CHAIN_SHAPE(type)                                                               \
+    (((const type *)m->bottom)[m->n_bottom - 1].n == m->dim                             \
+     && ((const type *)m->top)[0].k == zwidth && ((const type *)m->top)[m->n_top - 1].n == 1)
+    if (q8 ? !CHAIN_SHAPE(dlrm_qlayer) : !CHAIN_SHAPE(dlrm_flayer)) return -1;
+    if (q8 && (((const dlrm_qlayer *)m->bottom)[m->n_bottom - 1].out_u8
+               || ((const dlrm_qlayer *)m->top)[m->n_top - 1].out_u8))
+        return -1; /* the bottom's output and the probabilities are float32 */
+#undef CHAIN_SHAPE
+    if (!dlrm_one_hot(offsets, off_stride_t, off_stride_b, m->num_tables, rows)) return 1;
+    char *a = scratch, *b = a + align64(rows * m->width * 4);
+    float *x = (float *)(b + align64(rows * m->width * 4));
+    void *z = (char *)x + align64(rows * m->dim * 4);
+    int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        const float *in = x;
-        int64_t in_stride = x_stride;
-        for (int32_t l = 0; l < n_layers; l++) {
-            const dlrm_flayer *L = &layers[l];
-            const int last = l + 1 == n_layers;
-            float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
-            const int64_t dst_stride = last ? out_stride : scratch_stride;
-            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
-#pragma omp for schedule(static)
-            for (int64_t g = 0; g < groups; g++) {
-                const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
-                int64_t m = 0;
-                for (; m + 4 <= rows; m += 4)
-                    ftile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-                for (; m < rows; m++) ftile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-            }
-            in = dst;
-            in_stride = scratch_stride;
-        }
+        if (q8)
+            qchain(rows, m->bottom, m->n_bottom, dense, dense_stride, 1, m->x_inv_scale, m->x_zp,
+                   (uint8_t *)a, (uint8_t *)b, m->width, x, m->dim);
+        else
+            fchain(rows, m->bottom, m->n_bottom, dense, dense_stride, (float *)a, (float *)b,
+                   m->width, x, m->dim);
+        gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
+                    m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
+                    q8 ? 1 : 0, m->z_inv_scale, m->z_zp, &bad_id);
+        if (q8)
+            qchain(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a, (uint8_t *)b,
+                   m->width, out, 1);
+        else
+            fchain(rows, m->top, m->n_top, z, zwidth, (float *)a, (float *)b, m->width, out, 1);
     }
-    return 0;
+    return bad_id ? -2 : 0;
 }
