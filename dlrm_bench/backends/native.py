@@ -16,8 +16,8 @@ amx_int8                                         cap), requantize + ReLU fused
 ============== =========== ===================== =============================================
 
 With the C kernels of ``fused.py`` (avx_fp32 and avx_int8 by default): one-hot lookups and the
-interaction in one call, and small batches (up to 64 rows per thread) through the whole MLPs in
-one call each.
+interaction in one call, and small batches (up to 128 rows per thread) through the whole forward
+in one call.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -89,17 +89,20 @@ PLANS: dict[str, dict[str, Any]] = {
                  "fused": False},
 }
 PACK_BATCH_HINT = 1024
-# Batches of at most this many rows per thread run each MLP as one call of a small C kernel
-# (fused.SmallQMLP for int8, fused.SmallFMLP for avx_fp32: tiles of 4 rows x 64 outputs) instead
-# of a oneDNN call per layer, whose fixed cost and blocking for big batches dominate there. Whole
-# forward on the AMD VM, us per batch, kernel / oneDNN layer by layer (same process, alternating,
-# median of 5; the VM drifts, so compare within a row):
-#   int8, 1 thread:  16 rows 203 / 393, 32 289 / 453, 64 520 / 638, 128 1048 / 1191
-#   int8, 2 threads: 32 rows 260 / 499, 64 358 / 505, 128 816 / 971, 256 1716 / 1470
-#   fp32, 1 thread:  1 row 166 / 264 (MKL sgemv), 16 524 / 716, 64 1841 / 1955, 128 3860 / 3914
-#   fp32, 2 threads: 1 row 106 / 292, 16 315 / 479, 64 995 / 1073, 128 2058 / 2074
-SMALL_INT8_ROWS_PER_THREAD = 64
-SMALL_FLOAT_ROWS_PER_THREAD = 64
+# Batches of at most this many rows per thread run the whole forward in one C call
+# (fused.SmallForward: bottom MLP, gather + interaction, top MLP in one OpenMP region; MLP tiles
+# of 4 rows x 64 outputs, int8 on VNNI, fp32 on FMA) instead of oneDNN layer by layer, whose fixed
+# cost and blocking for big batches dominate there. benchmarks/small_batch.py on the AMD VM
+# (benchmarks/results/small-batch-vm.json), us per batch, one call / general path, same process,
+# alternating, median of 5:
+#   int8, 1 thread:  1 row 41 / 159, 16 rows 134 / 244, 64 461 / 567, 128 904 / 984,
+#                    256 1779 / 1801
+#   int8, 2 threads: 1 row 30 / 173, 16 rows 75 / 212, 128 492 / 593, 256 955 / 1042;
+#                    512 2254 / 2008 (3 repeats: the general path ahead)
+#   fp32, 1 thread:  1 row 106 / 202, 16 rows 402 / 517, 128 3015 / 3211, 256 5912 / 6058
+#   fp32, 2 threads: 1 row 67 / 189, 16 rows 226 / 357, 256 3207 / 3321; 512 6296 / 6222
+SMALL_INT8_ROWS_PER_THREAD = 128
+SMALL_FLOAT_ROWS_PER_THREAD = 128
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
