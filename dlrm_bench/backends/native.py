@@ -175,19 +175,7 @@ class PreparedModel:
         self.top_in = lambda z: z
         self.finish = lambda out: out.float()
         if self.gather is not None and self.precision == "avx_fp32":
-            self._use_small_float_kernel()
-
-    def _use_small_float_kernel(self) -> None:
-        assert self.gather is not None
-        try:
-            self.small_forward = fused.SmallForward(
-                self.gather, fused.SmallFMLP(self.bottom), fused.SmallFMLP(self.top))
-        except fused.KernelUnavailable as exc:
-            self.kernels["small_batches"] = f"as big ones (AVX-512 kernel unavailable: {exc})"
-            return
-        self.small_rows_per_thread = SMALL_FLOAT_ROWS_PER_THREAD
-        self.kernels["small_batches"] = (
-            f"one C call (AVX-512 fp32 MLPs) up to {SMALL_FLOAT_ROWS_PER_THREAD} rows per thread")
+            self._use_small_forward()
 
     def _build_int8(self) -> None:
         calibration = self.state["calibration"]
@@ -204,20 +192,26 @@ class PreparedModel:
         self.top_qparams = qp[n_bottom]
         self.finish = torch.sigmoid
         if self.gather is not None:  # the same kernel library, the same conditions
-            self._use_small_int8_kernel()
+            self._use_small_forward()
 
-    def _use_small_int8_kernel(self) -> None:
+    def _use_small_forward(self) -> None:
+        """Few rows: the whole forward in one C call (``fused.SmallForward``), int8 or fp32."""
         assert self.gather is not None
+        int8 = self.top_qparams is not None
+        isa, mlps, limit = (("VNNI", "VNNI int8", SMALL_INT8_ROWS_PER_THREAD) if int8
+                            else ("AVX-512", "AVX-512 fp32", SMALL_FLOAT_ROWS_PER_THREAD))
         try:
-            self.small_forward = fused.SmallForward(
-                self.gather, fused.SmallQMLP(self.bottom, float_input=True),
-                fused.SmallQMLP(self.top, sigmoid=True), self.top_qparams)
+            if int8:
+                bottom = fused.SmallQMLP(self.bottom, float_input=True)
+                top = fused.SmallQMLP(self.top, sigmoid=True)
+            else:
+                bottom, top = fused.SmallFMLP(self.bottom), fused.SmallFMLP(self.top)
+            self.small_forward = fused.SmallForward(self.gather, bottom, top, self.top_qparams)
         except fused.KernelUnavailable as exc:
-            self.kernels["small_batches"] = f"as big ones (VNNI kernel unavailable: {exc})"
+            self.kernels["small_batches"] = f"as big ones ({isa} kernel unavailable: {exc})"
             return
-        self.small_rows_per_thread = SMALL_INT8_ROWS_PER_THREAD
-        self.kernels["small_batches"] = (
-            f"one C call (VNNI int8 MLPs) up to {SMALL_INT8_ROWS_PER_THREAD} rows per thread")
+        self.small_rows_per_thread = limit
+        self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool

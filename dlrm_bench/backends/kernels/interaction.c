@@ -254,13 +254,22 @@ static inline VNNI int32_t tail_word(const uint8_t *p, int64_t have) {
     return v;
 }
 
-static inline VNNI __mmask16 keep_of(const dlrm_qlayer *L, int64_t n0) {
-    return L->n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L->n - n0)) - 1);
+/* The lanes of output block n0..n0+15 that exist in a layer of n outputs. */
+static inline __mmask16 keep_of(int64_t n, int64_t n0) {
+    return n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - n0)) - 1);
+}
+
+/* The 1-wide sigmoid head's kept lanes, as scalars (a vector exp is not worth it for one). */
+static inline void store_sigmoid(float *dst, __m512 y, __mmask16 keep) {
+    float tmp[16];
+    _mm512_storeu_ps(tmp, y);
+    for (int j = 0; j < 16; j++)
+        if (keep >> j & 1) dst[j] = 1.0f / (1.0f + expf(-tmp[j]));
 }
 
 static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, void *out,
                                int64_t m, int64_t out_stride) {
-    const __mmask16 keep = keep_of(L, n0);
+    const __mmask16 keep = keep_of(L->n, n0);
     const __m512i zc = _mm512_mullo_epi32(_mm512_set1_epi32(L->x_zp),
                                           _mm512_maskz_loadu_epi32(keep, L->colsum + n0));
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zc)),
@@ -274,14 +283,8 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
         return;
     }
     float *dst = (float *)out + m * out_stride + n0;
-    if (L->post == 2) { /* the 1-wide head: a few scalars */
-        float tmp[16];
-        _mm512_storeu_ps(tmp, y);
-        for (int j = 0; j < 16; j++)
-            if (keep >> j & 1) dst[j] = 1.0f / (1.0f + expf(-tmp[j]));
-        return;
-    }
-    _mm512_mask_storeu_ps(dst, keep, y);
+    if (L->post == 2) store_sigmoid(dst, y, keep);
+    else _mm512_mask_storeu_ps(dst, keep, y);
 }
 
 /* Tiles of 4 rows x 4 output blocks (16 vpdpbusd chains share each weight load and each
@@ -440,15 +443,11 @@ typedef struct {
 
 static inline void fstore(const dlrm_flayer *L, __m512 acc, int64_t n0, float *out, int64_t m,
                           int64_t out_stride) {
-    const __mmask16 keep = L->n - n0 >= 16 ? (__mmask16)0xFFFF
-                                           : (__mmask16)((1u << (L->n - n0)) - 1);
+    const __mmask16 keep = keep_of(L->n, n0);
     __m512 y = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(keep, L->bias + n0));
     float *dst = out + m * out_stride + n0;
-    if (L->post == 2) { /* the 1-wide head: a few scalars */
-        float tmp[16];
-        _mm512_storeu_ps(tmp, y);
-        for (int j = 0; j < 16; j++)
-            if (keep >> j & 1) dst[j] = 1.0f / (1.0f + expf(-tmp[j]));
+    if (L->post == 2) {
+        store_sigmoid(dst, y, keep);
         return;
     }
     if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
