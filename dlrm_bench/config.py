@@ -21,6 +21,7 @@ TRAINING_PRECISIONS = ("avx_fp32", "amx_bfloat16", "amx_bfloat32")
 DATA_TYPES = ("real", "synthetic")
 CASE_TYPES = ("", "gated", "pkm")
 BACKENDS = ("native", "ipex")
+TABLE_MEMORY = ("auto", "hugepages", "normal")  # where the native backend keeps the tables
 SEED_CASE_PREFIX = "test_dlrm_pytorch_xeon_public_"
 
 # Gated: the quick CI validation of the seed (< 5 minutes): small model, few steps.
@@ -58,6 +59,7 @@ class RunConfig:
     barrier_dir: str | None = None
     barrier_timeout: float = 600.0
     weights_cache: str | None = None
+    table_memory: str = "auto"
     save_checkpoint: str | None = None
     learning_rate: float = 1.0
     case: str | None = None
@@ -190,6 +192,10 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> R
     cfg.precision = _choice("precision", str(cfg.precision).lower(), PRECISIONS)
     cfg.case_type = _choice("case type", str(cfg.case_type).lower(), CASE_TYPES)
     cfg.backend = _choice("backend", str(cfg.backend).lower(), BACKENDS)
+    cfg.table_memory = _choice("table memory", str(cfg.table_memory).lower(), TABLE_MEMORY)
+    if cfg.table_memory == "hugepages" and (cfg.backend != "native" or cfg.function != "inference"):
+        raise UserError("table_memory=hugepages is for native inference (IPEX and training keep "
+                        "the tables in process memory)")
     if cfg.backend == "ipex":  # one line now, not after the model is built
         from dlrm_bench.backends.ipex_support import check_backend
 

@@ -25,6 +25,8 @@ The two int8 precisions run the same code; what differs is the process's oneDNN 
 ``save_prepared`` / ``load_prepared`` write and map the prepared tensors (tables in their final
 dtype, MLP weights, calibration) in one ``torch.save`` file: loading with ``mmap=True`` maps the
 tables from the page cache without copying them, so instances on a host share one copy.
+``table_memory`` (``prepare``, ``load_prepared``) then moves the tables onto hugepages, one copy
+per host as well (``dlrm_bench.hugepages``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dlrm_bench.backends.native_int8 import BatchLike
 from dlrm_bench.backends.native_ops import DenseLinear, EmbeddingTables, Interaction, fuse_tables
 from dlrm_bench.cpu import check_supported, isa_mismatches
 from dlrm_bench.errors import UserError
+from dlrm_bench.hugepages import TablePlacement, place_tables, tables_key
 from dlrm_bench.model import DLRM
 from dlrm_bench.presets import ModelSpec
 from dlrm_bench.results import atomic_torch_save
@@ -115,10 +118,14 @@ class PreparedModel:
     ``state`` holds every tensor needed (what ``save_prepared`` writes): ``tables`` (list of
     tensors), ``bottom`` / ``top`` (per linear: ``weight``, ``bias`` for floats; ``weight_q``,
     ``w_scales``, ``bias`` for int8) and, for int8, ``calibration`` (the JSON dict).
+    ``placement``: where ``state["tables"]`` live when they were moved (hugepages); kept here so
+    that the mapping and its lock last as long as the model.
     """
 
-    def __init__(self, precision: str, spec: ModelSpec, state: dict[str, Any]) -> None:
+    def __init__(self, precision: str, spec: ModelSpec, state: dict[str, Any],
+                 placement: TablePlacement | None = None) -> None:
         self.precision, self.spec, self.state = precision, spec, state
+        self.placement = placement or TablePlacement(list(state["tables"]), "normal", "as loaded")
         plan = PLANS[precision]
         self.chunk = int(plan["chunk"])
         self.dtype: torch.dtype = plan["dtype"]
@@ -315,13 +322,15 @@ def _warn_isa(precision: str) -> None:
 
 def prepare(
     model: DLRM, precision: str, calibration: Iterable[BatchLike] | None = None,
-    calibration_file: Path | None = None,
+    calibration_file: Path | None = None, table_memory: str = "normal",
 ) -> PreparedModel:
     """A ``PreparedModel`` of the fp32 ``model`` in ``precision``.
 
     int8: the calibration is read from ``calibration_file`` when that file exists (so instances
     and hosts share one), otherwise measured on the (finite) ``calibration`` batches and written
     there. fp32 tables are used in place (no copy); bf16 / int8 tables are converted once.
+    ``table_memory`` (``dlrm_bench.hugepages.TABLE_MEMORY``): ``auto`` / ``hugepages`` copy the
+    tables onto hugepages private to this process.
     """
     check_supported(precision, "inference")
     _warn_isa(precision)
@@ -333,7 +342,9 @@ def prepare(
             state = _int8_state(model, calib)
         else:
             state = _float_state(model, plan["dtype"], plan["tables"])
-    return PreparedModel(precision, model.spec, state)
+    placement = place_tables(state["tables"], table_memory)
+    state["tables"] = placement.tables
+    return PreparedModel(precision, model.spec, state, placement)
 
 
 def save_prepared(prepared: PreparedModel, path: Path) -> None:
@@ -345,8 +356,12 @@ def save_prepared(prepared: PreparedModel, path: Path) -> None:
     atomic_torch_save(payload, path)
 
 
-def load_prepared(path: Path, mmap: bool = True) -> PreparedModel:
-    """Load a ``save_prepared`` file; with ``mmap`` the tables stay file-backed (shared pages)."""
+def load_prepared(path: Path, mmap: bool = True, table_memory: str = "normal") -> PreparedModel:
+    """Load a ``save_prepared`` file; with ``mmap`` the tables stay file-backed (shared pages).
+
+    ``table_memory`` ``auto`` / ``hugepages``: the tables are copied onto hugepages, one shared
+    copy per file and host (``dlrm_bench.hugepages``).
+    """
     try:
         payload = torch.load(Path(path), mmap=mmap, weights_only=True)
     except (OSError, RuntimeError) as exc:
@@ -360,11 +375,14 @@ def load_prepared(path: Path, mmap: bool = True) -> PreparedModel:
     spec = ModelSpec(tuple(ident["table_sizes"]), ident["embedding_dim"],
                      tuple(ident["bottom_mlp"]), tuple(ident["top_mlp"]))
     check_supported(payload["precision"], "inference")
-    prepared = PreparedModel(payload["precision"], spec, payload["state"])
-    if mmap:
-        for table in prepared.table_tensors():
+    state = payload["state"]
+    placement = place_tables(state["tables"], table_memory,
+                             key=tables_key(Path(path), state["tables"]))
+    state["tables"] = placement.tables
+    if mmap and placement.memory == "normal":
+        for table in placement.tables:
             prefault(table)
-    return prepared
+    return PreparedModel(payload["precision"], spec, state, placement)
 
 
 def prefault(tensor: torch.Tensor, page: int = 4096) -> None:

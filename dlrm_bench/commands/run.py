@@ -41,6 +41,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--barrier-dir", help=argparse.SUPPRESS)
     r.add_argument("--barrier-timeout", type=float, help=argparse.SUPPRESS)
     r.add_argument("--weights-cache", help="share prepared weights via a file in this directory")
+    r.add_argument("--table-memory",
+                   help="auto (hugepages when a hugetlbfs mount has room, default) | hugepages "
+                        "(or fail) | normal: where native inference keeps the embedding tables")
 
 
 RUN_KEYS = (
@@ -48,6 +51,7 @@ RUN_KEYS = (
     "warmup_steps", "steps", "onednn_verbose", "preset", "checkpoint", "data_dir", "seed",
     "calibration_file", "calibration_batches", "learning_rate", "save_checkpoint", "threads",
     "backend", "output", "instance_id", "barrier_dir", "barrier_timeout", "weights_cache",
+    "table_memory",
 )
 
 

@@ -77,6 +77,8 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
     """The prepared forward for ``cfg.precision`` and facts about how it was obtained."""
     calib_file = _calibration_file(cfg)
     backend = backend_module(cfg.backend)
+    # where the tables live: only the native backend moves them (see dlrm_bench.hugepages)
+    placement = {"table_memory": cfg.table_memory} if cfg.backend == "native" else {}
 
     def make() -> Any:
         model = build(cfg, spec)
@@ -86,7 +88,7 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
             calibration = data.pool(cfg, spec, "train", size, cfg.calibration_batches)
             log.line(f"Calibrating int8 on {len(calibration)} training batches of {size}")
         return backend.prepare(model, cfg.precision, calibration=calibration,
-                               calibration_file=calib_file)
+                               calibration_file=calib_file, **placement)
 
     facts: dict[str, Any] = {"weights": "private"}
     if cfg.weights_cache and cfg.function == "inference":
@@ -97,13 +99,17 @@ def prepare_inference(cfg: RunConfig, spec: ModelSpec, log: RunLog) -> tuple[Any
         prepared, created = shared_weights(
             cfg.weights_cache, identity,
             create=lambda path: backend.save_prepared(make(), path),
-            load=lambda path: backend.load_prepared(path, mmap=True),
+            load=lambda path: backend.load_prepared(path, mmap=True, **placement),
         )
         facts = {"weights": "shared", "weights_cache": cfg.weights_cache, "created_here": created}
     else:
         prepared = make()
     if calib_file is not None:
         facts["calibration_file"] = str(calib_file)
+    tables = getattr(prepared, "placement", None)
+    if tables is not None:
+        facts["tables"] = tables.facts()
+        log.line(f"Embedding tables: {tables.memory} ({tables.detail})")
     kernels = getattr(prepared, "kernels", None)
     if kernels:  # which implementation ran, e.g. why the fused kernel was not used
         facts["kernels"] = kernels
