@@ -73,6 +73,9 @@ def test_run_int8_tunes_reports_and_restores(ansible_playbook, ansible_workspace
     # tuning was real: the instances saw the computed reservation, and it is gone now
     seen = {r["host"]["hugepages"]["2048kB"]["nr"] for r in results}
     assert seen == {_expected_pages()}
+    # ... and used: the tune role mounted a hugetlbfs (none here) and the tables went there
+    assert {r["model"]["tables"]["memory"] for r in results} == {"hugepages"}, \
+        [r["model"]["tables"]["detail"] for r in results]
     record = json.loads((host_dir / "ansible-host.json").read_text())
     assert record["tuning"]["governor"] in ("unsupported", "performance")
     assert record["host"]["governor"] == "unsupported" or record["host"]["governor"]

@@ -201,6 +201,7 @@ ANSIBLE_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "data_source": ({"data_type": "real", "data_source": "ftp"},
                     "value of data_source must be one of"),
     "thp": ({"thp": "sometimes"}, "value of thp must be one of"),
+    "table_memory": ({"table_memory": "huge"}, "value of table_memory must be one of"),
     "int8_training": ({"function": "training", "precision": "amx_int8"},
                       "precision amx_int8 cannot train"),
     "latency_training": ({"function": "training", "mode": "latency"},

@@ -13,6 +13,10 @@ description:
     requested values through sysfs. Values already in place are left alone (changed=false).
   - With O(state=restored), writes the saved values back and removes O(state_file).
   - The CPU governor is skipped, and reported as C(unsupported), where cpufreq is absent.
+  - When it reserves hugepages and no hugetlbfs of that page size is mounted, it mounts one at
+    O(hugetlbfs_mount) (where the benchmark's embedding tables go); restore unmounts it.
+  - Restore first deletes C(dlrm-bench-*.tables) files that no process holds (left in a hugetlbfs
+    by a killed run: they would keep their hugepages).
   - Supports check mode.
 options:
   state:
@@ -32,6 +36,11 @@ options:
     description: Hugepage size; 0 = the kernel's default size.
     type: int
     default: 0
+  hugetlbfs_mount:
+    description: Where to mount a hugetlbfs when hugepages are reserved and none is mounted;
+      empty = never mount.
+    type: path
+    default: /dev/hugepages
   thp:
     description: Transparent hugepage mode (always, madvise, never); empty leaves it alone.
     type: str
@@ -68,6 +77,14 @@ governor:
   description: The governor in force afterwards, or C(unsupported) without cpufreq.
   returned: always
   type: str
+hugetlbfs:
+  description: The hugetlbfs mount for the reserved page size (empty when none).
+  returned: always
+  type: str
+removed:
+  description: Table files of killed runs deleted by restore.
+  returned: with state=restored
+  type: list
 warnings_hugepages:
   description: Set when the kernel reserved fewer hugepages than asked for.
   returned: when it happens
@@ -75,6 +92,8 @@ warnings_hugepages:
 """
 
 import datetime
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -105,6 +124,60 @@ def default_hugepage_kb():
             if line.startswith("Hugepagesize:"):
                 return int(line.split()[1])
     return 0
+
+
+def size_kb(text):
+    """A mount option size (2M, 1G, 2048k) in kB."""
+    units = {"k": 1, "m": 1024, "g": 1024 * 1024}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text) // 1024
+
+
+def hugetlbfs_mounts():
+    """{mount path: page size in kB} of every mounted hugetlbfs."""
+    found = {}
+    with open("/proc/mounts", encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) < 4 or parts[2] != "hugetlbfs":
+                continue
+            page = default_hugepage_kb()
+            for option in parts[3].split(","):
+                if option.startswith("pagesize="):
+                    page = size_kb(option[len("pagesize="):])
+            found[parts[1].encode().decode("unicode_escape")] = page
+    return found
+
+
+def remove_stale_tables():
+    """Delete dlrm-bench table files in hugetlbfs mounts that no process holds a lock on."""
+    removed = []
+    for mount in hugetlbfs_mounts():
+        try:
+            names = os.listdir(mount)
+        except OSError:
+            continue
+        for name in names:
+            bare = name.lstrip(".")
+            if not bare.startswith("dlrm-bench-") or not bare.endswith((".tables", ".tmp")):
+                continue
+            path = os.path.join(mount, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+                removed.append(path)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.ENOENT):
+                    raise
+            finally:
+                os.close(fd)
+    return removed
 
 
 def governor_paths():
@@ -181,13 +254,31 @@ def apply(module):
                 changed = True
     if new_saved:
         changed = True
-    result = {"settings": report, "state_file": state_file}
+    mount_at = None
+    if "hugepages" in wanted and module.params["hugetlbfs_mount"]:
+        size = module.params["hugepage_size_kb"] or default_hugepage_kb()
+        mounts = hugetlbfs_mounts()
+        present = [path for path, page in mounts.items() if page == size]
+        if not present:
+            mount_at = module.params["hugetlbfs_mount"]
+            changed = True
+        result_mount = present[0] if present else module.params["hugetlbfs_mount"]
+    else:
+        result_mount = ""
+    result = {"settings": report, "state_file": state_file, "hugetlbfs": result_mount}
     if module.check_mode or not changed:
         result["governor"] = "unsupported" if not governor_paths() else current_governor()
         return changed, result
-    if new_saved:
+    if new_saved or mount_at:
         saved.update(new_saved)
+        if mount_at:
+            state.setdefault("mounted", []).append(mount_at)
         save_state(state_file, state)  # the originals are on disk before anything is written
+    if mount_at:
+        os.makedirs(mount_at, exist_ok=True)
+        size = module.params["hugepage_size_kb"] or default_hugepage_kb()
+        module.run_command(["mount", "-t", "hugetlbfs", "-o", "pagesize=%dK" % size, "nodev",
+                            mount_at], check_rc=True)
     for name, paths in wanted.items():
         for path, value in paths.items():
             if read_value(path) != value:
@@ -205,9 +296,11 @@ def apply(module):
 
 def restore(module):
     state_file = module.params["state_file"]
+    removed = [] if module.check_mode else remove_stale_tables()
     state = load_state(state_file)
     if state is None:
-        return False, {"settings": {}, "state_file": state_file, "governor": current_governor()}
+        return bool(removed), {"settings": {}, "state_file": state_file, "removed": removed,
+                               "governor": current_governor(), "hugetlbfs": ""}
     report = {}
     for path, entry in sorted(state.get("settings", {}).items()):
         if not os.path.exists(path):
@@ -217,9 +310,18 @@ def restore(module):
         if before != entry["value"] and not module.check_mode:
             write_value(path, entry["value"])
             report[entry["setting"]][path]["after"] = read_value(path)
+    unmounted = []
+    for path in state.get("mounted", []):
+        if path in hugetlbfs_mounts() and not module.check_mode:
+            rc, _out, err = module.run_command(["umount", path])
+            if rc != 0:  # still in use: leave it (harmless) rather than fail the restore
+                module.warn("could not unmount the hugetlbfs at %s: %s" % (path, err.strip()))
+                continue
+        unmounted.append(path)
     if not module.check_mode:
         os.remove(state_file)
-    return True, {"settings": report, "state_file": state_file, "governor": current_governor()}
+    return True, {"settings": report, "state_file": state_file, "governor": current_governor(),
+                  "removed": removed, "hugetlbfs": "", "unmounted": unmounted}
 
 
 def main():
@@ -229,6 +331,7 @@ def main():
             "state_file": {"type": "path", "required": True},
             "hugepages": {"type": "int", "default": 0},
             "hugepage_size_kb": {"type": "int", "default": 0},
+            "hugetlbfs_mount": {"type": "path", "default": "/dev/hugepages"},
             "thp": {"type": "str", "default": "", "choices": ["", "always", "madvise", "never"]},
             "governor": {"type": "str", "default": ""},
         },
