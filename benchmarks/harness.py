@@ -16,7 +16,12 @@ calibrations are made once, in ``--cache-dir``, and reused by every repeat and b
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
 ``--backends`` may also name native variants (``VARIANTS``): ``native-unfused`` (the fused C
-kernels off) and ``native-fused-all`` (on for the amx_* plans too), columns of the same table.
+kernels off), ``native-fused-all`` (on for the amx_* plans too) and ``native-normal-tables``
+(tables left in normal memory where ``native`` puts them on hugepages), columns of the same
+table. Hugepages: the native backend's ``table_memory=auto`` uses a mounted hugetlbfs with room
+for the tables (``playbooks/provision.yml`` reserves and mounts one, or by hand:
+``echo N > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`` and ``mount -t hugetlbfs
+nodev /dev/hugepages``); where the tables went is in each run's record and in the report.
 
 Roofline. For each precision, benchmarks/harness_peaks.py measures (in the main venv, in a
 process with that precision's ISA caps, with ``--threads`` threads) the best of two GEMM kernels
@@ -59,15 +64,23 @@ from dlrm_bench.results import atomic_write_json, atomic_write_text, host_facts,
 
 VENVS = {"native": REPO / ".venv" / "bin" / "python",
          "ipex": REPO / ".venv-ipex" / "bin" / "python"}
-# --backends names: a backend and the environment it runs with. The native variants switch its
-# fused C kernels (dlrm_bench/backends/fused.py) off, or on for the amx_* plans too, so that what
-# they add is measured in the same run: --backends native,native-unfused,ipex
-VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
-    "native": ("native", {}),
-    "ipex": ("ipex", {}),
-    "native-unfused": ("native", {"DLRM_BENCH_FUSED": "0"}),
-    "native-fused-all": ("native", {"DLRM_BENCH_FUSED": "all"}),
+# --backends names: a backend, the environment and the run flags it runs with. The native
+# variants switch its fused C kernels (dlrm_bench/backends/fused.py) off, or on for the amx_*
+# plans too, or keep its tables off hugepages, so that what each adds is measured in the same
+# run: --backends native,native-unfused,ipex
+VARIANTS: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
+    "native": ("native", {}, {}),
+    "ipex": ("ipex", {}, {}),
+    "native-unfused": ("native", {"DLRM_BENCH_FUSED": "0"}, {}),
+    "native-fused-all": ("native", {"DLRM_BENCH_FUSED": "all"}, {}),
+    "native-normal-tables": ("native", {}, {"table_memory": "normal"}),
 }
+
+
+def run_flags(variant: str) -> list[str]:
+    """``--table-memory normal`` etc.: the variant's run flags on a command line."""
+    return [arg for key, value in VARIANTS[variant][2].items()
+            for arg in (f"--{key.replace('_', '-')}", value)]
 DEFAULT_PRECISIONS = "avx_fp32,amx_bfloat16,amx_int8"
 
 
@@ -145,14 +158,15 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
                cache: Path, work: Path) -> list[dict[str, Any]]:
     plan = [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
              args.max_steps] for b in args.batches]
-    backend, extra_env = VARIANTS[variant]
+    backend, extra_env, _flags = VARIANTS[variant]
     tag = f"{variant}-{precision}-r{repeat}"
     out, load = work / f"{tag}.json", loadavg()
     error = _call([str(VENVS[backend]), str(REPO / "benchmarks" / "harness_worker.py"),
                    "--backend", backend, "--precision", precision, "--preset", args.preset,
                    "--seed", str(args.seed), "--threads", str(args.threads),
                    "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
-                   "--calibration-file", _calibration(cache, backend), "--out", str(out)],
+                   "--calibration-file", _calibration(cache, backend), "--out", str(out),
+                   *run_flags(variant)],
                   work / f"{tag}.log", {**base_env(args.threads), **extra_env}, 1800)
     common = {"backend": variant, "precision": precision, "repeat": repeat, "loadavg_1m": load,
               "process_wall_s": WALL.get(tag)}
@@ -169,6 +183,7 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
                         "first_call_s": r["first_call_s"],
                         "cpu_utilisation": r["timed_cpu_utilisation"],
                         "kernels": (r.get("weights") or {}).get("kernels"),
+                        "tables": (r.get("weights") or {}).get("tables"),
                         "versions": result["versions"]})
         print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
               f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)
@@ -177,7 +192,7 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
 
 def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: int,
                 cache: Path, work: Path) -> dict[str, Any]:
-    backend, extra_env = VARIANTS[variant]
+    backend, extra_env, _flags = VARIANTS[variant]
     tag = f"{variant}-{precision}-r{repeat}-sharing"
     run_dir, load = work / tag, loadavg()
     error = _call([str(VENVS[backend]), "-m", "dlrm_bench", "launch",
@@ -187,7 +202,7 @@ def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: 
                    "--seed", str(args.seed), "--batch-size", str(args.sharing_batch),
                    "--steps", str(args.sharing_steps), "--warmup-steps",
                    str(args.sharing_steps // 10), "--calibration-file",
-                   _calibration(cache, backend)],
+                   _calibration(cache, backend), *run_flags(variant)],
                   work / f"{tag}.log", {**base_env(None), **extra_env}, 1800)
     record: dict[str, Any] = {
         "backend": variant, "precision": precision, "repeat": repeat, "loadavg_1m": load,
@@ -198,6 +213,9 @@ def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: 
         return {**record, "error": error}
     host = json.loads((run_dir / "host_result.json").read_text())
     metrics = host.get("metrics", {})
+    tables = [json.loads(f.read_text()).get("model", {}).get("tables")
+              for f in sorted(run_dir.glob("instance-*/result.json"))]
+    record["tables"] = tables[0] if tables and all(t == tables[0] for t in tables) else tables
     record.update(samples_per_s=host["kpi"]["value"], latency_ms=metrics.get("latency_ms", {}),
                   steps=args.sharing_steps, instances=len(host["instances"]),
                   pinning=host["pinning"]["method"], allocator=host["allocator"]["name"])

@@ -122,6 +122,14 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", "Native kernels: " + "; ".join(
             f"{p}: " + ", ".join(f"{k} = {v}" for k, v in ks.items())
             for p, ks in kernels.items())]
+    tables: dict[str, set[str]] = {}
+    for r in doc["runs"]:  # where each native variant's embedding tables were
+        t = r.get("tables")
+        if r.get("backend", "").startswith("native") and isinstance(t, dict):
+            tables.setdefault(r["backend"], set()).add(t.get("memory", "?"))
+    if tables:
+        lines += ["", "Embedding tables: " + "; ".join(
+            f"{b}: {' and '.join(sorted(m))}" for b, m in tables.items())]
     failed = [(r["precision"], r["layout"], b, e[0][:120]) for r in rows
               for b, e in r.get("errors", {}).items()]
     if failed:

@@ -41,7 +41,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
             "backend": args.backend, "precision": args.precision, "preset": args.preset,
             "seed": args.seed, "threads": args.threads, "batch_size": batch,
             "warmup_steps": warm, "steps": steps, "weights_cache": args.weights_cache,
-            "calibration_file": args.calibration_file}, env={})
+            "calibration_file": args.calibration_file, "table_memory": args.table_memory},
+            env={})
 
     import torch
 
@@ -92,6 +93,7 @@ def main() -> int:
     parser.add_argument("--plan", required=True, help="JSON [[batch, warmup, steps], ...]")
     parser.add_argument("--weights-cache", required=True)
     parser.add_argument("--calibration-file")
+    parser.add_argument("--table-memory", default="auto")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     result = run_plan(args)

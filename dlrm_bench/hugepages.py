@@ -17,8 +17,10 @@ Sharing: with a ``key`` (the identity of the shared prepared-weights file) the c
 complete) and mapped read-only by every instance. Each instance holds a shared ``flock`` on it;
 the last one to finish (the one that gets the exclusive lock) removes it, so the pages go back to
 the pool. A run killed before that leaves the file: the next run with the same weights reuses it,
-and the tune role's restore (or ``remove_stale_tables``) deletes it. Without a key the copy is an
-unlinked file private to the process, freed when it exits.
+and the tune role's restore (or ``remove_stale_tables``) deletes it. Without a key (no shared
+weights: each instance has its own tables) ``auto`` leaves the tables alone, since the pool is
+sized for one copy per host; ``hugepages`` copies them into an unlinked file private to the
+process, freed when it exits.
 
 Torch-free at import: the restore code uses the mount and clean-up helpers.
 """
@@ -231,7 +233,10 @@ def place_tables(
         raise UserError(f"table_memory must be one of {', '.join(TABLE_MEMORY)}, got {policy!r}")
     tables = list(tables)
     if policy == "normal":
-        return TablePlacement(tables, "normal", "as loaded (table_memory=normal)")
+        return TablePlacement(tables, "normal", "left where they were loaded: table_memory=normal")
+    if key is None and policy == "auto":  # the pool is sized for one copy per host, not one each
+        return TablePlacement(tables, "normal", "not on hugepages: tables private to this process "
+                              "(no shared weights file); table_memory=hugepages copies them anyway")
     mounts = hugetlbfs_mounts() if mounts is None else list(mounts)
     reasons = []
     if not mounts:

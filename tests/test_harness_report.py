@@ -17,8 +17,10 @@ def _run(backend: str, repeat: int, rate: float, layout: str = "batch 2048") -> 
             "loadavg_1m": 1.0}
 
 
-RUNS = [{**_run("native", 0, 1000.0), "kernels": {"interaction": "fused C kernel"}},
-        {**_run("native-unfused", 0, 500.0), "kernels": {"interaction": "torch ops"}},
+RUNS = [{**_run("native", 0, 1000.0), "kernels": {"interaction": "fused C kernel"},
+         "tables": {"memory": "hugepages", "detail": "hugetlbfs /dev/hugepages, ..."}},
+        {**_run("native-unfused", 0, 500.0), "kernels": {"interaction": "torch ops"},
+         "tables": {"memory": "normal", "detail": "not on hugepages: ..."}},
         _run("ipex", 0, 2000.0), _run("native", 1, 1200.0),
         _run("ipex", 1, 1500.0), _run("native", 2, 900.0), _run("ipex", 2, 1800.0),
         {"backend": "ipex", "precision": "amx_int8", "layout": "batch 1", "repeat": 0,
@@ -55,3 +57,12 @@ def test_markdown_has_the_table_latency_peaks_and_failures() -> None:
     assert "IPEX 2.8.0" in text
     assert ("Native kernels: amx_int8: interaction = fused C kernel; "
             "amx_int8 (native-unfused): interaction = torch ops") in text
+    assert "Embedding tables: native: hugepages; native-unfused: normal" in text
+
+
+def test_variants_pass_their_run_flags() -> None:
+    from harness import VARIANTS, run_flags
+
+    assert run_flags("native-normal-tables") == ["--table-memory", "normal"]
+    assert run_flags("native") == [] and run_flags("ipex") == []
+    assert {backend for backend, _env, _flags in VARIANTS.values()} == {"native", "ipex"}

@@ -107,8 +107,10 @@ def test_a_short_pool_falls_back_or_fails_with_the_numbers(mount: hp.HugetlbfsMo
     assert list(mount.path.iterdir()) == []  # nothing half-written left behind
 
 
-def test_private_copy_leaves_no_file(mount: hp.HugetlbfsMount) -> None:
+def test_private_copy_only_when_asked_and_it_leaves_no_file(mount: hp.HugetlbfsMount) -> None:
     given = tables()
+    kept = hp.place_tables(given, "auto", mounts=[mount])  # one copy per instance would not fit
+    assert kept.memory == "normal" and "private to this process" in kept.detail
     placed = hp.place_tables(given, "hugepages", mounts=[mount])
     assert "private to this process" in placed.detail
     assert list(mount.path.iterdir()) == []

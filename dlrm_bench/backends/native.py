@@ -125,7 +125,8 @@ class PreparedModel:
     def __init__(self, precision: str, spec: ModelSpec, state: dict[str, Any],
                  placement: TablePlacement | None = None) -> None:
         self.precision, self.spec, self.state = precision, spec, state
-        self.placement = placement or TablePlacement(list(state["tables"]), "normal", "as loaded")
+        self.placement = placement or TablePlacement(list(state["tables"]), "normal",
+                                                     "left where they were loaded")
         plan = PLANS[precision]
         self.chunk = int(plan["chunk"])
         self.dtype: torch.dtype = plan["dtype"]
