@@ -40,6 +40,8 @@ from reliability_helpers import (
     wait_until,
 )
 
+from dlrm_bench.hugepages import hugetlbfs_mounts
+
 pytestmark = [pytest.mark.ansible, pytest.mark.timeout(600),
               pytest.mark.skipif(os.geteuid() != 0, reason="hugepages and tmpfs need root")]
 LONG = 10_000_000  # steps: runs until interrupted
@@ -138,7 +140,11 @@ def test_sigint_of_ansible_playbook_cleans_up_by_itself(workspace: Any) -> None:
     host = json.loads((tmp / "root" / "runs" / run_id / "host_result.json").read_text())
     assert host["status"] == "failed"
     assert host["failures"][0].startswith("controller lost: lease"), host["failures"]
-    assert "host settings restored by the launcher: hugepages:" in host["failures"][-1]
+    restored = host["failures"][-1]
+    assert restored.startswith("host settings restored by the launcher: "), restored
+    assert "hugepages: /sys/kernel/mm/hugepages/" in restored, restored
+    # the killed instances' tables on hugepages went with them: no file left holding pages
+    assert not [p for m in hugetlbfs_mounts() for p in m.path.glob("dlrm-bench-*")], restored
     launch_log = (tmp / "root" / "runs" / run_id / "launch.log").read_text()
     assert "controller lost" in launch_log
 
