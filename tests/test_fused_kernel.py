@@ -283,32 +283,48 @@ def test_small_float_chain_equals_layer_by_layer_and_checks_its_input() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
-def test_model_uses_the_small_kernels_only_for_small_batches(precision: str) -> None:
-    if precision == "avx_int8" and "avx512_vnni" not in cpu_flags():
-        pytest.skip("CPU lacks AVX512-VNNI")
-    spec = get_preset("tiny")
-    model = build_model(spec, seed=0).eval()
+def test_model_uses_the_small_kernels_for_small_batches_and_fp32_chunks(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8: only batches up to the limit go to the one-call kernel (bigger ones to oneDNN);
+    fp32: bigger ones too, in chunks of the limit, with the general path's results."""
+    small, plain, _batch = small_and_plain(precision, monkeypatch)
     limit = native.SMALL_INT8_ROWS_PER_THREAD if precision == "avx_int8" else (
         native.SMALL_FLOAT_ROWS_PER_THREAD)
-    batch = make_batch(spec, limit + 8, seed=11)
+    batch = make_batch(get_preset("tiny"), 2 * limit + 8, seed=11)
     dense, offsets, ids = batch.dense, batch.offsets, batch.indices
-    prepared = native.prepare(model, precision, calibration=[batch])
     isa = "VNNI int8" if precision == "avx_int8" else "AVX-512 fp32"
-    assert prepared.kernels["small_batches"] == (
+    assert small.kernels["small_batches"] == (
         f"one C call ({isa} MLPs) up to {limit} rows per thread")
     calls: list[int] = []
-    real = prepared.small_forward
-    prepared.small_forward = lambda d, o, i: (calls.append(d.shape[0]), real(d, o, i))[1]
+    real = small.small_forward
+    small.small_forward = lambda d, o, i: (calls.append(d.shape[0]), real(d, o, i))[1]
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the limit is per thread
     try:
-        small = prepared(dense[:5], offsets[:, :5], ids[:, :5])
-        big = prepared(dense, offsets, ids)
+        few = small(dense[:5], offsets[:, :5], ids[:, :5])
+        many = small(dense, offsets, ids)
+        expected = plain(dense, offsets, ids)
     finally:
         torch.set_num_threads(before)
-    assert calls == [5], f"{limit + 8} rows must go to oneDNN, 5 rows to the one-call kernel"
     tolerance = 2e-2 if precision == "avx_int8" else 1e-5  # int8: 1-LSB rounding ties
-    assert float((small - big[:5]).abs().max()) <= tolerance
+    if precision == "avx_int8":
+        assert calls == [5], f"{2 * limit + 8} rows must go to oneDNN, 5 to the one-call kernel"
+        assert "big_batches" not in small.kernels
+    else:
+        assert calls == [5, limit, limit, 8], calls
+        assert small.kernels["big_batches"] == (
+            f"the same C call, in chunks of {limit} rows per thread")
+    assert many.shape == (2 * limit + 8, 1)
+    assert float((many - expected).abs().max()) <= tolerance
+    assert float((few - expected[:5]).abs().max()) <= tolerance
+    # bags of other than one id: the general path, whatever the size
+    multi = offsets.clone()
+    multi[1, 3] = 2
+    calls.clear()
+    got = small(dense, multi, ids)
+    assert float((got - plain(dense, multi, ids)).abs().max()) <= tolerance
+    assert calls == []  # the one-hot check comes first: no chunk was run
 
 
 def small_and_plain(precision: str, monkeypatch: pytest.MonkeyPatch):

@@ -106,6 +106,14 @@ PACK_BATCH_HINT = 1024
 #   fp32, 2 threads: 1 row 67 / 189, 16 rows 226 / 357, 256 3207 / 3321; 512 6296 / 6222
 SMALL_INT8_ROWS_PER_THREAD = 128
 SMALL_FLOAT_ROWS_PER_THREAD = 128
+# avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
+# thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
+# allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
+# and the harness preload) that path took ~2,600 minor page faults per 2048-row batch in some
+# processes and ran at 25-45k samples/s instead of ~70k (AMD VM, 2 threads, same process,
+# alternating: chunks 73k steady, layer by layer 25-66k; with glibc malloc both ~71k).
+# int8 keeps oneDNN's VNNI GEMMs there: no faults, and the chunks were no faster (196k / 199k).
+SMALL_FLOAT_CHUNKS_BIG_BATCHES = True
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
@@ -145,6 +153,7 @@ class PreparedModel:
         # per thread
         self.small_forward: fused.SmallForward | None = None
         self.small_rows_per_thread = 0
+        self.small_chunks = False  # bigger batches too, in chunks of small_rows_per_thread
         with fp32_matmul_precision(self.math_mode):
             if plan["tables"] == "int8":
                 self._build_int8()
@@ -219,7 +228,10 @@ class PreparedModel:
             self.kernels["small_batches"] = f"as big ones ({isa} kernel unavailable: {exc})"
             return
         self.small_rows_per_thread = limit
+        self.small_chunks = not int8 and SMALL_FLOAT_CHUNKS_BIG_BATCHES
         self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
+        if self.small_chunks:
+            self.kernels["big_batches"] = f"the same C call, in chunks of {limit} rows per thread"
 
     def _forward(
         self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, one_hot: bool
@@ -246,11 +258,16 @@ class PreparedModel:
     ) -> torch.Tensor:
         """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
         batch = dense.shape[0]
-        if (self.small_forward is not None and isinstance(offsets, torch.Tensor)
-                and batch <= self.small_rows_per_thread * torch.get_num_threads()):
-            out = self.small_forward(dense, offsets, indices)
-            if out is not None:  # None: not one id per bag
-                return out
+        if self.small_forward is not None and isinstance(offsets, torch.Tensor):
+            rows = self.small_rows_per_thread * torch.get_num_threads()
+            if batch <= rows:
+                out = self.small_forward(dense, offsets, indices)
+                if out is not None:  # None: not one id per bag
+                    return out
+            elif self.small_chunks:
+                out = self._small_chunks(dense, offsets, indices, rows)
+                if out is not None:
+                    return out
         if self.gather is not None and isinstance(offsets, torch.Tensor):
             one_hot = self.gather.one_hot(offsets, indices)
         else:
@@ -264,6 +281,23 @@ class PreparedModel:
                 chunk_offsets = self.tables.arange(hi - lo).expand(offsets.shape[0], -1)
                 outs.append(self._forward(dense[lo:hi], chunk_offsets, indices[:, lo:hi], True))
             return torch.cat(outs)
+
+    def _small_chunks(self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor,
+                      rows: int) -> torch.Tensor | None:
+        """A big one-hot batch through ``small_forward`` ``rows`` at a time (None: not
+        one-hot, or not the shapes it takes: the general path then)."""
+        assert self.small_forward is not None and self.gather is not None
+        if indices.shape != offsets.shape or not self.gather.one_hot(offsets, indices):
+            return None
+        chunk_offsets = self.tables.arange(rows).expand(offsets.shape[0], -1)
+        outs = []
+        for lo in range(0, dense.shape[0], rows):
+            hi = min(dense.shape[0], lo + rows)
+            out = self.small_forward(dense[lo:hi], chunk_offsets[:, :hi - lo], indices[:, lo:hi])
+            if out is None:
+                return None
+            outs.append(out)
+        return torch.cat(outs)
 
     @property
     def calibration(self) -> dict[str, Any] | None:
