@@ -59,8 +59,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pool = data.pool(cfg, spec, "test", max(args.batches), 16)
     limit = prepared.small_rows_per_thread
 
+    chunks = prepared.small_chunks
+
     def per_batch_us(rows: int, small: bool) -> float:
         prepared.small_rows_per_thread = 1 << 30 if small else 0
+        prepared.small_chunks = chunks and small  # the general path: oneDNN layer by layer
         batches = [(b.dense[:rows], b.offsets[:, :rows], b.indices[:, :rows]) for b in pool]
         steps = max(20, 20000 // rows)
         for i in range(5):
@@ -86,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                                  "per_repeat_us": times})
                 print(f"{args.precision} {threads} thread(s) batch {rows}: one call {one:.1f} us,"
                       f" general {general:.1f} us ({general / one:.2f}x)", flush=True)
-    prepared.small_rows_per_thread = limit
+    prepared.small_rows_per_thread, prepared.small_chunks = limit, chunks
     return {"precision": args.precision, "rows_per_thread_limit": limit,
             "kernels": prepared.kernels, "versions": software_versions("native"),
             "results": rows_out}

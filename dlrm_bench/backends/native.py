@@ -17,7 +17,7 @@ amx_int8                                         cap), requantize + ReLU fused
 
 With the C kernels of ``fused.py`` (avx_fp32 and avx_int8 by default): one-hot lookups and the
 interaction in one call, and small batches (up to 128 rows per thread) through the whole forward
-in one call.
+in one call; avx_fp32 runs bigger batches through that call too, in chunks of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -264,7 +264,7 @@ class PreparedModel:
                 out = self.small_forward(dense, offsets, indices)
                 if out is not None:  # None: not one id per bag
                     return out
-            elif self.small_chunks:
+            elif self.small_chunks and rows > 0:
                 out = self._small_chunks(dense, offsets, indices, rows)
                 if out is not None:
                     return out
