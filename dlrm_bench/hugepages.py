@@ -155,7 +155,7 @@ class TablePlacement:
 
     def __init__(self, tables: list[torch.Tensor], memory: str, detail: str,
                  path: Path | None = None, fd: int | None = None) -> None:
-        self.tables, self.memory, self.detail, self.path = tables, memory, detail, path
+        self.tables, self.memory, self.detail = tables, memory, detail
         self._release = weakref.finalize(self, _release, fd, path) if fd is not None else None
 
     def facts(self) -> dict[str, Any]:
@@ -186,6 +186,14 @@ def _release(fd: int, path: Path | None) -> None:
         os.close(fd)
 
 
+def _views(flat: torch.Tensor, tables: Sequence[torch.Tensor],
+           offsets: Sequence[int]) -> list[torch.Tensor]:
+    """Each table's place in the file's bytes ``flat``, with the table's dtype and shape."""
+    return [flat[offset:offset + table.numel() * table.element_size()]
+            .view(table.dtype).view(table.shape)
+            for table, offset in zip(tables, offsets, strict=True)]
+
+
 def _map_tensors(mem: mmap.mmap, tables: Sequence[torch.Tensor],
                  offsets: Sequence[int]) -> list[torch.Tensor]:
     import torch
@@ -193,11 +201,7 @@ def _map_tensors(mem: mmap.mmap, tables: Sequence[torch.Tensor],
     with warnings.catch_warnings():  # read-only on purpose: nothing writes a shared table
         warnings.filterwarnings("ignore", message=".*not writable.*")
         flat = torch.frombuffer(mem, dtype=torch.uint8)
-    out = []
-    for table, offset in zip(tables, offsets, strict=True):
-        nbytes = table.numel() * table.element_size()
-        out.append(flat[offset:offset + nbytes].view(table.dtype).view(table.shape))
-    return out
+    return _views(flat, tables, offsets)
 
 
 def _fill(fd: int, size: int, tables: Sequence[torch.Tensor], offsets: Sequence[int]) -> None:
@@ -207,11 +211,10 @@ def _fill(fd: int, size: int, tables: Sequence[torch.Tensor], offsets: Sequence[
     os.ftruncate(fd, size)
     mem = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     try:
-        flat = torch.frombuffer(mem, dtype=torch.uint8)
-        for table, offset in zip(tables, offsets, strict=True):
-            nbytes = table.numel() * table.element_size()
-            flat[offset:offset + nbytes].view(table.dtype).view(table.shape).copy_(table)
-        del flat
+        views = _views(torch.frombuffer(mem, dtype=torch.uint8), tables, offsets)
+        for view, table in zip(views, tables, strict=True):
+            view.copy_(table)
+        del views
     finally:
         with contextlib.suppress(BufferError):
             mem.close()
@@ -242,9 +245,9 @@ def place_tables(
     if not mounts:
         reasons.append("no hugetlbfs file system is mounted (e.g. mount -t hugetlbfs nodev "
                        "/dev/hugepages; the tune role mounts one)")
+    offsets, nbytes = _layout(tables)
     for mount in mounts:
-        offsets, size = _layout(tables)
-        size = -(-size // mount.page_bytes) * mount.page_bytes
+        size = -(-nbytes // mount.page_bytes) * mount.page_bytes
         pages = size // mount.page_bytes
         try:
             placed = (_shared(tables, offsets, size, mount, key) if key

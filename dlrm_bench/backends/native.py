@@ -258,42 +258,38 @@ class PreparedModel:
     ) -> torch.Tensor:
         """``dense [B, 13]``, ``offsets [T, B]``, ``indices [T, B]`` -> ``[B, 1]`` float32."""
         batch = dense.shape[0]
-        if self.small_forward is not None and isinstance(offsets, torch.Tensor):
-            rows = self.small_rows_per_thread * torch.get_num_threads()
-            if batch <= rows:
-                out = self.small_forward(dense, offsets, indices)
-                if out is not None:  # None: not one id per bag
-                    return out
-            elif self.small_chunks and rows > 0:
-                out = self._small_chunks(dense, offsets, indices, rows)
-                if out is not None:
-                    return out
+        rows = self.small_rows_per_thread * torch.get_num_threads()
+        if self.small_forward is not None and isinstance(offsets, torch.Tensor) and batch <= rows:
+            out = self.small_forward(dense, offsets, indices)
+            if out is not None:  # None: not one id per bag
+                return out
         if self.gather is not None and isinstance(offsets, torch.Tensor):
             one_hot = self.gather.one_hot(offsets, indices)
         else:
             one_hot = self.tables.one_hot(offsets, indices)
+        if one_hot and self.small_chunks and self.small_forward is not None and batch > rows > 0:
+            out = self._in_chunks(self.small_forward, dense, indices, rows)
+            if out is not None:  # None: a chunk it does not take (the general path then)
+                return out
         with fp32_matmul_precision(self.math_mode) if self.math_mode else nullcontext():
             if batch <= self.chunk or not one_hot:
                 return self._forward(dense, offsets, indices, one_hot)
-            outs = []
-            for lo in range(0, batch, self.chunk):
-                hi = min(batch, lo + self.chunk)
-                chunk_offsets = self.tables.arange(hi - lo).expand(offsets.shape[0], -1)
-                outs.append(self._forward(dense[lo:hi], chunk_offsets, indices[:, lo:hi], True))
-            return torch.cat(outs)
+            out = self._in_chunks(lambda d, o, i: self._forward(d, o, i, True), dense, indices,
+                                  self.chunk)
+            assert out is not None
+            return out
 
-    def _small_chunks(self, dense: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor,
-                      rows: int) -> torch.Tensor | None:
-        """A big one-hot batch through ``small_forward`` ``rows`` at a time (None: not
-        one-hot, or not the shapes it takes: the general path then)."""
-        assert self.small_forward is not None and self.gather is not None
-        if indices.shape != offsets.shape or not self.gather.one_hot(offsets, indices):
-            return None
-        chunk_offsets = self.tables.arange(rows).expand(offsets.shape[0], -1)
+    def _in_chunks(
+        self, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None],
+        dense: torch.Tensor, indices: torch.Tensor, rows: int,
+    ) -> torch.Tensor | None:
+        """A one-hot batch ``rows`` at a time through ``forward(dense, offsets, indices)``
+        (offsets: ``arange`` per table); None as soon as ``forward`` declines a chunk."""
+        chunk_offsets = self.tables.arange(rows).expand(indices.shape[0], -1)
         outs = []
         for lo in range(0, dense.shape[0], rows):
             hi = min(dense.shape[0], lo + rows)
-            out = self.small_forward(dense[lo:hi], chunk_offsets[:, :hi - lo], indices[:, lo:hi])
+            out = forward(dense[lo:hi], chunk_offsets[:, :hi - lo], indices[:, lo:hi])
             if out is None:
                 return None
             outs.append(out)
