@@ -255,10 +255,9 @@ def apply(module):
     if new_saved:
         changed = True
     mount_at = None
+    page_kb = module.params["hugepage_size_kb"] or default_hugepage_kb()
     if "hugepages" in wanted and module.params["hugetlbfs_mount"]:
-        size = module.params["hugepage_size_kb"] or default_hugepage_kb()
-        mounts = hugetlbfs_mounts()
-        present = [path for path, page in mounts.items() if page == size]
+        present = [path for path, page in hugetlbfs_mounts().items() if page == page_kb]
         if not present:
             mount_at = module.params["hugetlbfs_mount"]
             changed = True
@@ -276,8 +275,7 @@ def apply(module):
         save_state(state_file, state)  # the originals are on disk before anything is written
     if mount_at:
         os.makedirs(mount_at, exist_ok=True)
-        size = module.params["hugepage_size_kb"] or default_hugepage_kb()
-        module.run_command(["mount", "-t", "hugetlbfs", "-o", "pagesize=%dK" % size, "nodev",
+        module.run_command(["mount", "-t", "hugetlbfs", "-o", "pagesize=%dK" % page_kb, "nodev",
                             mount_at], check_rc=True)
     for name, paths in wanted.items():
         for path, value in paths.items():
