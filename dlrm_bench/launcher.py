@@ -30,7 +30,7 @@ from typing import Any
 
 from dlrm_bench.errors import UserError
 from dlrm_bench.results import atomic_write_json, atomic_write_text, now_iso
-from dlrm_bench.supervisor import Lease, Progress, Supervisor, describe_exit
+from dlrm_bench.supervisor import InstanceStatus, Lease, Progress, Supervisor, describe_exit
 from dlrm_bench.topology import Topology, format_cpulist
 
 SEED_MALLOC_CONF = ("oversize_threshold:1,background_thread:true,metadata_thp:auto,"
@@ -298,9 +298,33 @@ def write_combined_log(plan: LaunchPlan) -> Path:
     return atomic_write_text(plan.run_dir / "combined.log", "".join(parts))
 
 
+class _OutputGuard(Progress):
+    """Forwards to ``inner`` until writing fails, then goes quiet. Under Ansible the launcher
+    writes into ``| tee launch.log`` and the async job's pipe; stopping a run kills that job's
+    shell, its reader goes away and the next line hits a closed pipe. The stop must still reach
+    the instances and the final host result must still be written."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner, self.broken = inner, False
+
+    def event(self, message: str) -> None:
+        if not self.broken:
+            try:
+                self.inner.event(message)
+            except OSError:
+                self.broken = True
+
+    def update(self, states: Sequence[InstanceStatus], phase: str, elapsed: float) -> None:
+        if not self.broken:
+            try:
+                self.inner.update(states, phase, elapsed)
+            except OSError:
+                self.broken = True
+
+
 def execute(plan: LaunchPlan, progress: Progress | None = None) -> tuple[int, dict[str, Any]]:
     """Run the plan; returns (exit code, host result). 0 only when every instance succeeded."""
-    progress = progress or Progress()
+    progress = _OutputGuard(progress or Progress())
     started = now_iso()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.run_dir / "host_result.json", host_result(plan, None, started))

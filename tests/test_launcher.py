@@ -539,3 +539,28 @@ def test_lease_restore_puts_back_only_sysfs_settings(tmp_path: Path,
     state.write_text(json.dumps({"settings": {"/etc/passwd": {"setting": "x", "value": "y"}}}))
     assert tuning.restore_saved_settings(state) == ["skipped /etc/passwd: not a sysfs setting"]
     assert state.exists(), "a state file that was not fully restored is kept"
+
+
+@pytest.mark.slow
+@needs_two
+def test_launcher_stopped_with_its_output_gone_still_records_the_stop(tmp_path: Path) -> None:
+    """Under Ansible the launcher's output goes through ``| tee launch.log`` into the async
+    job's pipe; a stop kills the job's shell and its reader goes: the launcher's next line then
+    hits a closed pipe. It must still stop its instances and write its final host result."""
+    run = tmp_path / "run"
+    proc = start_launch(run, "--instances", "2", "--cores-per-instance", "1", *TINY,
+                        "--steps", "1000000")
+    wait_for(run / ".barrier" / "go", proc)
+    instances = pids(run)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in instances) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in instances)
+    host = json.loads((run / "host_result.json").read_text())
+    assert host["status"] == "failed" and "SIGTERM" in host["failures"][0], host
+    assert (run / "combined.log").is_file()

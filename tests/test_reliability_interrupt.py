@@ -99,6 +99,9 @@ def test_sigint_of_cluster_run_stops_everything_and_restores(workspace: Any) -> 
     assert not (tmp / "root" / "state" / "tune.json").exists()
     host = json.loads((tmp / "root" / "runs" / run_id / "host_result.json").read_text())
     assert host["status"] == "failed" and "SIGTERM" in " ".join(host["failures"])
+    # the stop killed the launch's Ansible job: launch.log still has the launcher's last words
+    log = (tmp / "root" / "runs" / run_id / "launch.log").read_text()
+    assert "(status failed)" in log.splitlines()[-1], log[-2000:]
 
 
 def test_sigint_of_ansible_playbook_then_restore(workspace: Any, ansible_playbook: Any) -> None:

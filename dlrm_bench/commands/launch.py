@@ -235,12 +235,24 @@ def main(args: argparse.Namespace) -> int:
             code, result = launcher.execute(plan, live)
     else:
         code, result = launcher.execute(plan)
-    for failure in result["failures"]:
-        print(f"dlrm-bench launch: {failure}", file=sys.stderr)
-    print(f"host result: {plan.run_dir / 'host_result.json'} (status {result['status']})",
-          file=sys.stderr)
-    if any(i.get("metrics") for i in result["instances"]):
-        from dlrm_bench import kpi
+    try:
+        for failure in result["failures"]:
+            print(f"dlrm-bench launch: {failure}", file=sys.stderr)
+        print(f"host result: {plan.run_dir / 'host_result.json'} (status {result['status']})",
+              file=sys.stderr)
+        if any(i.get("metrics") for i in result["instances"]):
+            from dlrm_bench import kpi
 
-        print(kpi.rollup([plan.run_dir]).kpi_block(), end="")
+            print(kpi.rollup([plan.run_dir]).kpi_block(), end="")
+    except BrokenPipeError:  # the reader went (a stopped Ansible job): the results are on disk
+        _silence_output()
     return code
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that the exit code stays the launcher's rather
+    than a failed flush of a closed pipe at interpreter exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    os.close(devnull)
