@@ -11,7 +11,8 @@ and precision: a worker process per backend (benchmarks/harness_worker.py: every
 ``--batches`` in one process, the ISA environment being per process), native then IPEX; then the
 seed's weight-sharing layout per backend, native then IPEX: ``dlrm-bench launch --instances
 <cores> --cores-per-instance 1 --weight-sharing`` at ``--sharing-batch`` (one single-threaded
-stream per physical core over one memory-mapped copy of the weights). Prepared weights and int8
+stream per physical core over one memory-mapped copy of the weights), its timed windows sized
+as the workers' (``sharing_steps``). Prepared weights and int8
 calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
@@ -82,6 +83,8 @@ def run_flags(variant: str) -> list[str]:
     return [arg for key, value in VARIANTS[variant][2].items()
             for arg in (f"--{key.replace('_', '-')}", value)]
 DEFAULT_PRECISIONS = "avx_fp32,amx_bfloat16,amx_int8"
+FIRST_SHARING_STEPS = 10_000  # a variant's first sharing launch: 1-8 s on 2 cores
+MIN_SHARING_STEPS = 1_000
 
 
 def python_of(variant: str) -> Path:
@@ -190,8 +193,25 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
     return records
 
 
+def sharing_steps(args: argparse.Namespace, earlier: list[dict[str, Any]], variant: str,
+                  precision: str) -> int:
+    """``--sharing-steps``, or (0: auto) steps for a timed window of about ``--target-seconds``
+    per instance at the rate of this variant and precision's last sharing run; the first run
+    gets FIRST_SHARING_STEPS. Fixed counts gave windows of 0.2 s at avx_int8 but 8 s at
+    avx_fp32 on IPEX; the short ones moved the ratio by +-20 % from repeat to repeat."""
+    if args.sharing_steps > 0:
+        return int(args.sharing_steps)
+    rates = [r["samples_per_s"] / r["instances"] for r in earlier
+             if r.get("layout", "").startswith("sharing") and r["backend"] == variant
+             and r["precision"] == precision and r.get("samples_per_s")]
+    if not rates:
+        return FIRST_SHARING_STEPS
+    steps = args.target_seconds * rates[-1] / args.sharing_batch
+    return int(min(args.max_steps * 5, max(MIN_SHARING_STEPS, round(steps, -2))))
+
+
 def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: int,
-                cache: Path, work: Path) -> dict[str, Any]:
+                cache: Path, work: Path, steps: int) -> dict[str, Any]:
     backend, extra_env, _flags = VARIANTS[variant]
     tag = f"{variant}-{precision}-r{repeat}-sharing"
     run_dir, load = work / tag, loadavg()
@@ -200,8 +220,8 @@ def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: 
                    "--weight-sharing", "--weights-cache", str(cache), "--output", str(run_dir),
                    "--backend", backend, "--precision", precision, "--preset", args.preset,
                    "--seed", str(args.seed), "--batch-size", str(args.sharing_batch),
-                   "--steps", str(args.sharing_steps), "--warmup-steps",
-                   str(args.sharing_steps // 10), "--calibration-file",
+                   "--steps", str(steps), "--warmup-steps",
+                   str(steps // 10), "--calibration-file",
                    _calibration(cache, backend), *run_flags(variant)],
                   work / f"{tag}.log", {**base_env(None), **extra_env}, 1800)
     record: dict[str, Any] = {
@@ -217,7 +237,7 @@ def run_sharing(args: argparse.Namespace, variant: str, precision: str, repeat: 
               for f in sorted(run_dir.glob("instance-*/result.json"))]
     record["tables"] = tables[0] if tables and all(t == tables[0] for t in tables) else tables
     record.update(samples_per_s=host["kpi"]["value"], latency_ms=metrics.get("latency_ms", {}),
-                  steps=args.sharing_steps, instances=len(host["instances"]),
+                  steps=steps, instances=len(host["instances"]),
                   pinning=host["pinning"]["method"], allocator=host["allocator"]["name"])
     print(f"{tag}: {record['samples_per_s']:,.0f} samples/s", flush=True)
     return record
@@ -228,7 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precisions", default=DEFAULT_PRECISIONS, help="comma list, or all")
     parser.add_argument("--batches", default="2048,1")
     parser.add_argument("--sharing-batch", type=int, default=16, help="0: no sharing layout")
-    parser.add_argument("--sharing-steps", type=int, default=1000)
+    parser.add_argument("--sharing-steps", type=int, default=0,
+                        help="timed steps of each sharing launch; 0: about --target-seconds")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target-seconds", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=20000)
@@ -279,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs += run_worker(args, backend, precision, repeat, cache, work)
                 if args.sharing_batch > 0:
                     for backend in args.backends:
-                        runs.append(run_sharing(args, backend, precision, repeat, cache, work))
+                        steps = sharing_steps(args, runs, backend, precision)
+                        runs.append(run_sharing(args, backend, precision, repeat, cache, work,
+                                                steps))
         peaks_end = measure_peaks(args, work, "end")
     finally:
         if args.cache_dir is None:

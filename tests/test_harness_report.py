@@ -66,3 +66,24 @@ def test_variants_pass_their_run_flags() -> None:
     assert run_flags("native-normal-tables") == ["--table-memory", "normal"]
     assert run_flags("native") == [] and run_flags("ipex") == []
     assert {backend for backend, _env, _flags in VARIANTS.values()} == {"native", "ipex"}
+
+
+def test_sharing_windows_follow_the_last_rate_of_their_variant() -> None:
+    from harness import FIRST_SHARING_STEPS, parse_args, sharing_steps
+
+    args = parse_args(["--backends", "native", "--target-seconds", "2"])
+    assert sharing_steps(args, [], "native", "avx_int8") == FIRST_SHARING_STEPS
+    earlier = [
+        {"layout": "sharing 2x1 core, batch 16", "backend": "native", "precision": "avx_int8",
+         "samples_per_s": 80_000.0, "instances": 2},
+        {"layout": "sharing 2x1 core, batch 16", "backend": "ipex", "precision": "avx_int8",
+         "samples_per_s": 8_000.0, "instances": 2},
+        {"layout": "batch 2048", "backend": "native", "precision": "avx_int8",
+         "samples_per_s": 1e6},
+    ]
+    # 40,000 samples/s per instance, 2 s, batches of 16
+    assert sharing_steps(args, earlier, "native", "avx_int8") == 5_000
+    assert sharing_steps(args, earlier, "ipex", "avx_int8") == 1_000  # the floor
+    assert sharing_steps(args, earlier, "native", "avx_fp32") == FIRST_SHARING_STEPS
+    fixed = parse_args(["--backends", "native", "--sharing-steps", "300"])
+    assert sharing_steps(fixed, earlier, "native", "avx_int8") == 300
