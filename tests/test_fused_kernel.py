@@ -368,6 +368,27 @@ def test_one_call_forward_equals_the_general_path(
 
 @needs_kernel
 @pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
+def test_one_call_forward_across_many_batch_sizes_in_and_out_of_inference_mode(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More batch sizes than the per-size scratch keeps (it starts afresh), and back: every
+    result is the general path's. A caller outside inference mode gets the same numbers and a
+    tensor without autograd history, as from inside it."""
+    small, plain, batch = small_and_plain(precision, monkeypatch)
+    tolerance = 2e-2 if precision == "avx_int8" else 1e-5
+    for rows in (*range(1, 13), 2, 40, 1):
+        args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
+        outside = small(*args)
+        with torch.inference_mode():
+            inside = small(*args)
+        assert outside.is_inference() and not outside.requires_grad
+        assert torch.equal(outside, inside), rows
+        assert float((outside - plain(*args)).abs().max()) <= tolerance, rows
+    assert len(small.small_forward.scratch) <= 8
+
+
+@needs_kernel
+@pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
 def test_one_call_forward_leaves_multi_id_bags_to_the_general_path(
     precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
