@@ -196,11 +196,12 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
 def sharing_steps(args: argparse.Namespace, earlier: list[dict[str, Any]], variant: str,
                   precision: str) -> int:
     """``--sharing-steps``, or (0: auto) steps for a timed window of about ``--target-seconds``
-    per instance at the rate of this variant and precision's last sharing run; the first run
-    gets FIRST_SHARING_STEPS. Fixed counts gave windows of 0.2 s at avx_int8 but 8 s at
+    per instance at the rate of this variant and precision's last sharing run, in hundreds,
+    between MIN_SHARING_STEPS and 5 x ``--max-steps``; the first run gets FIRST_SHARING_STEPS.
+    Fixed counts gave windows of 0.2 s at avx_int8 but 8 s at
     avx_fp32 on IPEX; the short ones moved the ratio by +-20 % from repeat to repeat."""
     if args.sharing_steps > 0:
-        return int(args.sharing_steps)
+        return args.sharing_steps
     rates = [r["samples_per_s"] / r["instances"] for r in earlier
              if r.get("layout", "").startswith("sharing") and r["backend"] == variant
              and r["precision"] == precision and r.get("samples_per_s")]

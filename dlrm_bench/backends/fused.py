@@ -442,8 +442,9 @@ class SmallForward:
             self.scratch.clear()
         size = self.lib.dlrm_small_scratch_bytes(self.model_ref, rows)
         buffer = torch.empty(size, dtype=torch.uint8)
-        self.scratch[rows] = (buffer, buffer.data_ptr())
-        return self.scratch[rows][1]
+        address = buffer.data_ptr()
+        self.scratch[rows] = (buffer, address)
+        return address
 
     def __call__(self, dense: torch.Tensor, offsets: torch.Tensor,
                  indices: torch.Tensor) -> torch.Tensor | None:
