@@ -17,7 +17,7 @@ calibrations are made once, in ``--cache-dir``, and reused by every repeat and b
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
 ``--backends`` may also name native variants (``VARIANTS``): ``native-unfused`` (the fused C
-kernels off), ``native-fused-all`` (on for the amx_* plans too) and ``native-normal-tables``
+kernels off: the torch ops, e.g. the amx_* plans' AMX bmm) and ``native-normal-tables``
 (tables left in normal memory where ``native`` puts them on hugepages), columns of the same
 table. Hugepages: the native backend's ``table_memory=auto`` uses a mounted hugetlbfs with room
 for the tables (``playbooks/provision.yml`` reserves and mounts one, or by hand:
@@ -66,14 +66,13 @@ from dlrm_bench.results import atomic_write_json, atomic_write_text, host_facts,
 VENVS = {"native": REPO / ".venv" / "bin" / "python",
          "ipex": REPO / ".venv-ipex" / "bin" / "python"}
 # --backends names: a backend, the environment and the run flags it runs with. The native
-# variants switch its fused C kernels (dlrm_bench/backends/fused.py) off, or on for the amx_*
-# plans too, or keep its tables off hugepages, so that what each adds is measured in the same
-# run: --backends native,native-unfused,ipex
+# variants switch its fused C kernels (dlrm_bench/backends/fused.py) off or keep its tables off
+# hugepages, so that what each adds is measured in the same run: --backends
+# native,native-unfused,ipex
 VARIANTS: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "native": ("native", {}, {}),
     "ipex": ("ipex", {}, {}),
     "native-unfused": ("native", {"DLRM_BENCH_FUSED": "0"}, {}),
-    "native-fused-all": ("native", {"DLRM_BENCH_FUSED": "all"}, {}),
     "native-normal-tables": ("native", {}, {"table_memory": "normal"}),
 }
 

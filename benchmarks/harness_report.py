@@ -113,7 +113,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {precision} | {_num(peak.get('peak_gflops'), 1)} | "
                      f"{peak.get('best') or '—'} |")
     kernels: dict[str, dict[str, str]] = {}
-    for r in doc["runs"]:  # native and its variants (native-unfused, native-fused-all)
+    for r in doc["runs"]:  # native and its variants (native-unfused, native-normal-tables)
         backend = r.get("backend", "")
         if backend.startswith("native") and r.get("kernels"):
             label = r["precision"] + ("" if backend == "native" else f" ({backend})")

@@ -478,16 +478,18 @@ def test_bf16_tables_and_output_match_the_bf16_torch_path() -> None:
 
 
 @pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
-def test_every_plan_can_use_the_kernels_when_asked(
+def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DLRM_BENCH_FUSED=all: the amx plans too (built directly: this host may lack AMX, and the
-    kernels themselves use no AMX); the outputs agree with the torch path's."""
+    """The amx plans use the fused kernels by default (built directly: this host may lack AMX,
+    and the kernels themselves use no AMX); DLRM_BENCH_FUSED=0 gives their torch path (the AMX
+    bmm) back, and the two agree. amx_int8 also takes small batches in one call, up to its own
+    (lower) limit; bigger ones go to oneDNN."""
     if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    n = 48
+    n = 80
     batch = make_batch(spec, n, seed=3)
     dense, offsets, ids = batch.dense, batch.offsets, batch.indices
     with torch.inference_mode():
@@ -499,11 +501,35 @@ def test_every_plan_can_use_the_kernels_when_asked(
         monkeypatch.setenv(fused.ENV_SWITCH, "0")
         fused.load.cache_clear()
         plain = native.PreparedModel(precision, spec, state)
-        monkeypatch.setenv(fused.ENV_SWITCH, "all")
+        monkeypatch.delenv(fused.ENV_SWITCH)
         fused.load.cache_clear()
         with_kernels = native.PreparedModel(precision, spec, state)
     assert plain.gather is None and with_kernels.gather is not None, with_kernels.kernels
-    for rows in (n, 1):  # 1 row: amx_int8's small-batch MLP kernel too
-        a = with_kernels(dense[:rows], offsets[:, :rows], ids[:, :rows])
-        b = plain(dense[:rows], offsets[:, :rows], ids[:, :rows])
-        assert float((a - b).abs().max()) <= 2e-2
+    assert with_kernels.kernels["interaction"].startswith("fused C kernel")
+    if precision == "amx_int8":
+        limit = native.SMALL_AMX_INT8_ROWS_PER_THREAD
+        assert limit < native.SMALL_INT8_ROWS_PER_THREAD
+        assert with_kernels.kernels["small_batches"] == (
+            f"one C call (VNNI int8 MLPs) up to {limit} rows per thread")
+        assert with_kernels.small_forward is not None
+        calls: list[int] = []
+        real = with_kernels.small_forward
+
+        def counting(d: torch.Tensor, o: torch.Tensor, i: torch.Tensor) -> torch.Tensor | None:
+            calls.append(d.shape[0])
+            return real(d, o, i)
+
+        with_kernels.small_forward = counting  # type: ignore[assignment]
+    else:
+        assert with_kernels.small_forward is None, "no bf16/bf32 small-batch kernel"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the limit is per thread: 80 rows are above it, 1 and 16 below
+    try:
+        for rows in (n, 1, 16):
+            a = with_kernels(dense[:rows], offsets[:, :rows], ids[:, :rows])
+            b = plain(dense[:rows], offsets[:, :rows], ids[:, :rows])
+            assert float((a - b).abs().max()) <= 2e-2
+    finally:
+        torch.set_num_threads(before)
+    if precision == "amx_int8":
+        assert calls == [1, 16], "only batches up to the amx_int8 limit take the one call"

@@ -36,8 +36,7 @@ SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-# "0" turns the kernels off (A/B measurements, debugging); "all" uses them for the amx_* plans
-# too, which by default keep their AMX bmm (not compared on AMX yet)
+# "0" turns the kernels off (A/B measurements, debugging): the torch ops run instead
 ENV_SWITCH = "DLRM_BENCH_FUSED"
 ENV_CACHE = "DLRM_BENCH_KERNEL_CACHE"
 MAX_ROWS, MAX_DIM = 64, 512  # the kernel's stack buffers (T + 1 rows of D floats)
@@ -158,10 +157,6 @@ def load() -> ctypes.CDLL:
     fwd.restype = ctypes.c_int
     fwd.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int32]
     return lib
-
-
-def wanted_everywhere() -> bool:
-    return os.environ.get(ENV_SWITCH) == "all"
 
 
 def unavailable_reason() -> str | None:

@@ -15,9 +15,10 @@ avx_int8,      int8 rows   int8 per channel      oneDNN u8 x s8 (AMX or AVX512-V
 amx_int8                                         cap), requantize + ReLU fused
 ============== =========== ===================== =============================================
 
-With the C kernels of ``fused.py`` (avx_fp32 and avx_int8 by default): one-hot lookups and the
-interaction in one call, and small batches (up to 128 rows per thread) through the whole forward
-in one call; avx_fp32 runs bigger batches through that call too, in chunks of that size.
+With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
+call; for avx_fp32, avx_int8 and amx_int8, small batches (up to 128, 128 and 32 rows per thread)
+through the whole forward in one call; avx_fp32 runs bigger batches through that call too, in
+chunks of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -75,21 +76,26 @@ PREPARED_VERSION = 1
 # - ``fused``: one-hot lookups + interaction in the C kernel of ``fused.py`` (rows gathered into
 #   L1, only the lower triangle computed; int8 rows dequantized there and the output quantized
 #   for the top MLP there). Per 1024 rows on the AMD VM: fp32 0.86 vs 7.9 ms for gather + bmm +
-#   triangle in torch ops, int8 0.62 vs 5.0 ms. Not used for the amx_* plans by default: their
-#   torch path runs the bmm on AMX, and no AMX machine was at hand to compare the two;
-#   DLRM_BENCH_FUSED=all turns it on for every plan (bf16 tables too: rows widened to fp32 in L1,
-#   output rounded to bf16), to measure that.
+#   triangle in torch ops, int8 0.62 vs 5.0 ms. The amx_* plans use it too (bf16 tables: rows
+#   widened to fp32 in L1, output rounded to bf16), although no AMX machine was at hand to
+#   compare it with their torch path, whose bmm runs on AMX. The bmm is the only op that path
+#   would run on AMX, and the others alone cost more than the whole kernel: the amx_* plans run
+#   on the AMD VM (oneDNN uncapped: VNNI int8, AVX512-BF16 bf16), batch 2048, 2 threads, the
+#   torch path's ops other than the bmm and the MLP GEMMs took 8.2 (int8), 7.6 (bf16) and 16
+#   (bf32) ms per batch, the bmm 2.0, 1.7 and 3.2; with the kernel instead, same process,
+#   alternating, 5 repeats: amx_int8 134k -> 207k samples/s, amx_bfloat16 122k -> 146k,
+#   amx_bfloat32 46k -> 57k. DLRM_BENCH_FUSED=0 gives the torch path back, for the A/B on AMX.
 PLANS: dict[str, dict[str, Any]] = {
     "avx_fp32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
                  "fused": True},
     "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
-                     "fused": False},
+                     "fused": True},
     "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
-                     "fused": False},
+                     "fused": True},
     "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024,
                  "fused": True},
     "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
-                 "fused": False},
+                 "fused": True},
 }
 PACK_BATCH_HINT = 1024
 # Batches of at most this many rows per thread run the whole forward in one C call
@@ -106,6 +112,13 @@ PACK_BATCH_HINT = 1024
 #   fp32, 2 threads: 1 row 67 / 189, 16 rows 226 / 357, 256 3207 / 3321; 512 6296 / 6222
 SMALL_INT8_ROWS_PER_THREAD = 128
 SMALL_FLOAT_ROWS_PER_THREAD = 128
+# amx_int8 runs the same VNNI kernel for small batches (every AMX CPU has AVX512-VNNI), but only
+# up to 32 rows per thread: its general path's GEMMs run on AMX, several times the VNNI peak, so
+# it catches up with the one call at fewer rows than on VNNI (not yet measured on AMX:
+# benchmarks/small_batch.py --precisions amx_int8 there). Below that the general path's fixed
+# cost dominates whatever the ISA: the amx_int8 plan on the AMD VM, 2 threads, batch 1, p50
+# 217 us through oneDNN layer by layer against 27.5 us in one call (same process, alternating).
+SMALL_AMX_INT8_ROWS_PER_THREAD = 32
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -143,14 +156,14 @@ class PreparedModel:
         self.interaction = Interaction(spec.num_tables)
         self.gather: fused.GatherInteraction | None = None
         self.kernels = {"interaction": "torch ops (bmm + triangle gather)"}
-        if plan["fused"] or fused.wanted_everywhere():
+        if plan["fused"]:
             self._use_fused_kernel(plan["tables"])
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
         self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
-        # few rows (avx_int8, avx_fp32): the whole forward in one C call, up to this many rows
-        # per thread
+        # few rows (avx_fp32, avx_int8, amx_int8): the whole forward in one C call, up to this
+        # many rows per thread
         self.small_forward: fused.SmallForward | None = None
         self.small_rows_per_thread = 0
         self.small_chunks = False  # bigger batches too, in chunks of small_rows_per_thread
@@ -217,6 +230,8 @@ class PreparedModel:
         int8 = self.top_qparams is not None
         isa, mlps, limit = (("VNNI", "VNNI int8", SMALL_INT8_ROWS_PER_THREAD) if int8
                             else ("AVX-512", "AVX-512 fp32", SMALL_FLOAT_ROWS_PER_THREAD))
+        if self.precision == "amx_int8":
+            limit = SMALL_AMX_INT8_ROWS_PER_THREAD
         try:
             if int8:
                 bottom = fused.SmallQMLP(self.bottom, float_input=True)
