@@ -83,6 +83,12 @@ def markdown(doc: dict[str, Any]) -> str:
         + f"; {doc['parameters']['repeats']} repeats, alternating {' / '.join(backends)}; "
           f"{doc['when']}; total {doc['total_s'] / 60:.1f} min.",
         "",
+    ]
+    if m.get("cpu_flags_override") and "amx_tile" not in m["isa_flags"]:
+        lines += ["**Not AMX figures:** the CPU flags were overridden (`DLRM_BENCH_CPU_FLAGS`) "
+                  "on a CPU without AMX, so any amx_* precision ran its recipe on the kernels "
+                  "oneDNN has here (AVX512-VNNI int8, AVX512-BF16 or emulated bf16).", ""]
+    lines += [
         "| precision | layout | " + " | ".join(f"{b} samples/s" for b in backends)
         + " | native/IPEX [min–max] | " + " | ".join(f"{b} roofline" for b in backends) + " |",
         "|---|---|" + "---:|" * len(backends) + "---:|" + "---:|" * len(backends),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from engine_helpers import make_batch
 
 from dlrm_bench.backends import fused, native
@@ -281,6 +282,74 @@ def test_small_float_chain_equals_layer_by_layer_and_checks_its_input() -> None:
             chain(bad)
 
 
+needs_bf16 = pytest.mark.skipif(not HAS_KERNEL_CPU or "avx512_bf16" not in cpu_flags(),
+                                reason="CPU lacks AVX-512 BW/VL/DQ or AVX512-BF16")
+
+
+@needs_bf16
+@pytest.mark.parametrize(("k", "n"), [(13, 512), (479, 1024), (256, 1), (1024, 40), (7, 80)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_bf16_linear_equals_float_math_on_bf16_values(
+    k: int, n: int, rows: int, threads: int
+) -> None:
+    """bf16 inputs and weights, float32 sums: "float32" output equals F.linear in float32 on the
+    same (bf16) values, "bf16-as-float32" is that rounded to bf16. Odd K (the last input alone),
+    N not a multiple of 16 nor 64, rows around the 4-row tiles, 1-2 threads, each post-op; the
+    float_input form rounds float32 rows to bf16 first."""
+    g = torch.Generator().manual_seed(k * n + rows)
+    weight = (torch.randn(n, k, generator=g) / k**0.5).bfloat16()
+    bias = (torch.randn(n, generator=g) * 0.1).bfloat16()
+    x32 = torch.randn(rows, k, generator=g)
+    x = x32.bfloat16()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for post in ("relu", "none", "sigmoid"):
+            layer = DenseLinear(weight, bias, post, packed=False, batch_hint=1024)
+            exact = F.linear(x.float(), weight.float(), bias.float())
+            exact = {"relu": torch.relu, "sigmoid": torch.sigmoid, "none": lambda t: t}[post](exact)
+            got = fused.SmallBMLP([layer], out="float32")(x)
+            assert got.shape == (rows, n)
+            torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)
+            rounded = fused.SmallBMLP([layer], out="bf16-as-float32", float_input=True)(x32)
+            assert torch.equal(rounded, rounded.bfloat16().float()), "not bf16 values"
+            torch.testing.assert_close(rounded, exact.bfloat16().float(), rtol=2**-7, atol=1e-4)
+            if post == "relu" and got.numel() >= 40:
+                assert 0 < int((got == 0).sum()) < got.numel(), "ReLU clipped all or nothing"
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_bf16
+def test_small_bf16_chain_equals_the_bf16_layers_and_checks_its_input() -> None:
+    """A chain as amx_bfloat16's top MLP: bf16 layers (outputs rounded to bf16 between them, as
+    oneDNN's bf16 linears) ending in a float32 sigmoid head on widened activations."""
+    g = torch.Generator().manual_seed(6)
+    shapes = [(13, 64), (64, 48), (48, 1)]
+    layers = [DenseLinear((torch.randn(n, k, generator=g) / k**0.5).bfloat16(),
+                          torch.randn(n, generator=g).bfloat16(), "relu", packed=False,
+                          batch_hint=1024) for k, n in shapes[:-1]]
+    k, n = shapes[-1]
+    layers.append(DenseLinear((torch.randn(n, k, generator=g) / k**0.5).bfloat16().float(),
+                              torch.randn(n, generator=g).bfloat16().float(), "sigmoid",
+                              packed=False, batch_hint=1024))
+    x = torch.randn(6, 13, generator=g).bfloat16()
+    expected = x
+    for layer in layers:
+        expected = layer(expected)
+    chain = fused.SmallBMLP(layers, out="float32")
+    got = chain(x)
+    assert got.shape == (6, 1) and float(expected.std()) > 0.01
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    for bad in (x.float(), x[:, :12], x.t().contiguous().t()):
+        with pytest.raises(ValueError, match="row-contiguous"):
+            chain(bad)
+    with pytest.raises(fused.KernelUnavailable, match="bf16 weights"):
+        fused.SmallBMLP([DenseLinear(torch.randn(4, 13, generator=g), torch.zeros(4), "none",
+                                     packed=False, batch_hint=1024)])
+
+
 @needs_kernel
 @pytest.mark.parametrize("precision", ["avx_int8", "avx_fp32"])
 def test_model_uses_the_small_kernels_for_small_batches_and_fp32_chunks(
@@ -483,8 +552,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
 ) -> None:
     """The amx plans use the fused kernels by default (built directly: this host may lack AMX,
     and the kernels themselves use no AMX); DLRM_BENCH_FUSED=0 gives their torch path (the AMX
-    bmm) back, and the two agree. amx_int8 also takes small batches in one call, up to its own
-    (lower) limit; bigger ones go to oneDNN."""
+    bmm) back, and the two agree. amx_int8 (VNNI) and amx_bfloat16 (AVX512-BF16) also take
+    small batches in one call, up to their own (lower) limits; bigger ones go to oneDNN."""
     if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
@@ -506,13 +575,15 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
         with_kernels = native.PreparedModel(precision, spec, state)
     assert plain.gather is None and with_kernels.gather is not None, with_kernels.kernels
     assert with_kernels.kernels["interaction"].startswith("fused C kernel")
-    if precision == "amx_int8":
-        limit = native.SMALL_AMX_INT8_ROWS_PER_THREAD
+    limits = {"amx_int8": (native.SMALL_AMX_INT8_ROWS_PER_THREAD, "VNNI int8"),
+              "amx_bfloat16": (native.SMALL_AMX_BF16_ROWS_PER_THREAD, "AVX512-BF16 bf16")}
+    calls: list[int] = []
+    if precision in limits:
+        limit, isa = limits[precision]
         assert limit < native.SMALL_INT8_ROWS_PER_THREAD
         assert with_kernels.kernels["small_batches"] == (
-            f"one C call (VNNI int8 MLPs) up to {limit} rows per thread")
+            f"one C call ({isa} MLPs) up to {limit} rows per thread")
         assert with_kernels.small_forward is not None
-        calls: list[int] = []
         real = with_kernels.small_forward
 
         def counting(d: torch.Tensor, o: torch.Tensor, i: torch.Tensor) -> torch.Tensor | None:
@@ -521,15 +592,15 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
 
         with_kernels.small_forward = counting  # type: ignore[assignment]
     else:
-        assert with_kernels.small_forward is None, "no bf16/bf32 small-batch kernel"
+        assert with_kernels.small_forward is None, "no bf32 small-batch kernel"
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the limit is per thread: 80 rows are above it, 1 and 16 below
+    torch.set_num_threads(1)  # the limits are per thread: 80 rows are above them, 1 below
     try:
-        for rows in (n, 1, 16):
+        for rows in (n, 1, 3, 16):
             a = with_kernels(dense[:rows], offsets[:, :rows], ids[:, :rows])
             b = plain(dense[:rows], offsets[:, :rows], ids[:, :rows])
             assert float((a - b).abs().max()) <= 2e-2
     finally:
         torch.set_num_threads(before)
-    if precision == "amx_int8":
-        assert calls == [1, 16], "only batches up to the amx_int8 limit take the one call"
+    if precision in limits:
+        assert calls == [rows for rows in (1, 3, 16) if rows <= limits[precision][0]]

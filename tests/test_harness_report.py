@@ -58,6 +58,9 @@ def test_markdown_has_the_table_latency_peaks_and_failures() -> None:
     assert ("Native kernels: amx_int8: interaction = fused C kernel; "
             "amx_int8 (native-unfused): interaction = torch ops") in text
     assert "Embedding tables: native: hugepages; native-unfused: normal" in text
+    assert "Not AMX figures" not in text
+    doc["machine"].update(isa_flags=["avx512f"], cpu_flags_override="avx512f amx_tile amx_int8")
+    assert "**Not AMX figures:** the CPU flags were overridden" in markdown(doc)
 
 
 def test_variants_pass_their_run_flags() -> None:

@@ -1,7 +1,8 @@
 """The native backend's C kernels (``kernels/interaction.c``): build, load, call.
 
 ``GatherInteraction``: one-hot lookups fused with the dot interaction; ``SmallQMLP`` /
-``SmallFMLP``: a whole int8 / float32 MLP in one call, for batches of a few rows.
+``SmallFMLP`` / ``SmallBMLP``: a whole int8 / float32 / bfloat16 MLP in one call, for batches of
+a few rows.
 
 The kernel is plain C (AVX-512 intrinsics, OpenMP), compiled on first use with the host's C
 compiler into a per-user cache and loaded with ``ctypes``: a second of ``gcc`` instead of the
@@ -31,7 +32,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 8
+ABI = 9
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -151,6 +152,10 @@ def load() -> ctypes.CDLL:
     fmlp = lib.dlrm_fmlp_small
     fmlp.restype = ctypes.c_int
     fmlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ptr, ptr, i64, ptr, i64, ctypes.c_int32]
+    bmlp = lib.dlrm_bmlp_small
+    bmlp.restype = ctypes.c_int
+    bmlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ctypes.c_int32, ptr, ptr, ptr, i64, ptr,
+                     i64, ctypes.c_int32]
     lib.dlrm_small_scratch_bytes.restype = i64
     lib.dlrm_small_scratch_bytes.argtypes = [ptr, i64]
     fwd = lib.dlrm_forward_small
@@ -386,6 +391,81 @@ class SmallFMLP:
         return out
 
 
+class BLayer(ctypes.Structure):
+    """``dlrm_blayer`` of ``interaction.c``: one bfloat16 linear of a small-batch chain."""
+
+    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("post", ctypes.c_int32), ("out", ctypes.c_int32)]
+
+
+# dlrm_blayer.out: what a bf16 layer stores
+B_OUT = {"bf16": 0, "bf16-as-float32": 1, "float32": 2}
+
+
+class SmallBMLP:
+    """A chain of bfloat16 linears for few-row batches, in one call (``dlrm_bmlp_small``).
+
+    ``layers``: objects with ``native_ops.DenseLinear``'s fields (``weight`` ``[N, K]`` bf16, or
+    float32 holding bf16 values (amx_bfloat16's head); ``bias``; ``post``). bf16 inputs and
+    weights, float32 sums (AVX512-BF16), each inner layer's output rounded to bf16 as oneDNN's bf16
+    linears do. ``out``: the last layer's output, ``"bf16-as-float32"`` (rounded to bf16, stored
+    as float32: a bf16 bottom MLP's output as the interaction reads it) or ``"float32"`` (the
+    head's, not rounded). ``float_input``: the chain takes float32 rows and rounds them to bf16.
+    """
+
+    def __init__(self, layers: list, out: str = "float32", float_input: bool = False) -> None:
+        self.lib = load()
+        if "avx512_bf16" not in cpu_flags():
+            raise KernelUnavailable("the CPU lacks avx512_bf16")
+        if not 0 < len(layers) <= MAX_LAYERS:
+            raise KernelUnavailable(f"the small bf16 MLP takes 1-{MAX_LAYERS} layers")
+        if out not in ("bf16-as-float32", "float32"):
+            raise ValueError(f"out must be bf16-as-float32 or float32, not {out!r}")
+        self.keep: list[torch.Tensor] = []  # the packed tensors the C structs point into
+        self.structs = (BLayer * len(layers))()
+        for i, layer in enumerate(layers):
+            weight = layer.weight
+            if weight.dtype != torch.bfloat16 and not torch.equal(
+                    weight, weight.bfloat16().to(weight.dtype)):
+                raise KernelUnavailable("the small bf16 MLP takes bf16 weights")
+            self.structs[i] = self._layer(layer, B_OUT[out] if i == len(layers) - 1 else 0)
+        self.k = int(layers[0].weight.shape[1])
+        self.n = int(layers[-1].weight.shape[0])
+        self.out = out
+        self.float_input = float_input
+        self.width = max(int(layer.weight.shape[0]) for layer in layers)
+        self.scratch = Workspace()  # the rows between layers, by batch size
+
+    def _layer(self, layer, out: int) -> BLayer:
+        n, k = layer.weight.shape
+        n16, k2 = -(-n // 16) * 16, -(-k // 2) * 2
+        padded = torch.zeros(n16, k2, dtype=torch.bfloat16)
+        padded[:n, :k] = layer.weight
+        # [N/16, 16, K/2, 2] -> [N/16, K/2, 16, 2]: 2 k's of 16 outputs per 64-byte load
+        packed = padded.view(n16 // 16, 16, k2 // 2, 2).permute(0, 2, 1, 3).contiguous()
+        bias = layer.bias.detach().float().contiguous()
+        self.keep += [packed, bias]
+        return BLayer(k, n, packed.data_ptr(), bias.data_ptr(), POSTS[layer.post], out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[M, K]`` bf16 (float32 with ``float_input``) -> ``[M, N]`` float32."""
+        rows = x.shape[0]
+        want = torch.float32 if self.float_input else torch.bfloat16
+        if x.dtype != want or x.dim() != 2 or x.shape[1] != self.k or x.stride(1) != 1:
+            raise ValueError(f"x must be a row-contiguous {want} [M, {self.k}] tensor")
+        scratch = [self.scratch.get(name, (rows, self.width), torch.bfloat16) for name in "ab"]
+        scratch_x = self.scratch.get("x", (rows, self.k), torch.bfloat16)
+        out = torch.empty(rows, self.n, dtype=torch.float32)
+        code = self.lib.dlrm_bmlp_small(
+            rows, self.structs, len(self.structs), x.data_ptr(), x.stride(0),
+            int(self.float_input), scratch[0].data_ptr(), scratch[1].data_ptr(),
+            scratch_x.data_ptr(), self.width, out.data_ptr(), out.stride(0),
+            torch.get_num_threads())
+        if code != 0:
+            raise RuntimeError(f"small bf16 MLP kernel refused its arguments ({code})")
+        return out
+
+
 class SmallModel(ctypes.Structure):
     """``dlrm_small_model`` of ``interaction.c``: what ``dlrm_forward_small`` runs."""
 
@@ -402,19 +482,25 @@ class SmallModel(ctypes.Structure):
 class SmallForward:
     """A whole forward for few-row batches in one C call (``dlrm_forward_small``): the bottom
     chain, ``gather``'s lookups + interaction and the top chain (ending in the sigmoid), in one
-    parallel region. ``bottom`` / ``top``: ``SmallFMLP``s, or ``SmallQMLP``s (bottom with
+    parallel region. ``bottom`` / ``top``: ``SmallFMLP``s; or ``SmallQMLP``s (bottom with
     ``float_input``, top with ``sigmoid``) with ``quantize``, the top input's (scale, zero
-    point). Holds references to all of them: their structs and tensors must stay alive.
+    point); or ``SmallBMLP``s (bottom ``out="bf16-as-float32"``, top ``out="float32"``; the
+    interaction then rounded to bf16). Holds references to all of them: their structs and
+    tensors must stay alive.
     """
 
-    def __init__(self, gather: GatherInteraction, bottom: SmallQMLP | SmallFMLP,
-                 top: SmallQMLP | SmallFMLP, quantize: tuple[float, int] | None = None) -> None:
+    def __init__(self, gather: GatherInteraction, bottom: SmallQMLP | SmallFMLP | SmallBMLP,
+                 top: SmallQMLP | SmallFMLP | SmallBMLP,
+                 quantize: tuple[float, int] | None = None) -> None:
         self.lib = load()
         int8 = isinstance(bottom, SmallQMLP)
-        if int8 != isinstance(top, SmallQMLP) or int8 != (quantize is not None):
-            raise ValueError("bottom and top must both be int8 chains (with quantize) or float")
+        bf16 = isinstance(bottom, SmallBMLP)
+        if type(bottom) is not type(top) or int8 != (quantize is not None):
+            raise ValueError("bottom and top must be chains of one kind (int8 with quantize)")
         if int8 and not (bottom.float_input and not top.out_u8 and not bottom.out_u8):
             raise ValueError("an int8 forward needs a float-input bottom and a float top")
+        if bf16 and (bottom.out, top.out) != ("bf16-as-float32", "float32"):
+            raise ValueError("a bf16 forward needs a bf16-as-float32 bottom and a float32 top")
         if top.structs[len(top.structs) - 1].post != POSTS["sigmoid"]:
             raise ValueError("the top chain must end in the sigmoid")
         if bottom.n != gather.dim or top.k != gather.width or top.n != 1:
@@ -423,7 +509,7 @@ class SmallForward:
         self.parts = (gather, bottom, top)
         z_inv_scale, z_zp = (1.0 / quantize[0], float(quantize[1])) if quantize else (1.0, 0.0)
         self.model = SmallModel(
-            int(int8), len(bottom.structs), len(top.structs),
+            2 if bf16 else int(int8), len(bottom.structs), len(top.structs),
             ctypes.cast(bottom.structs, ctypes.c_void_p), ctypes.cast(top.structs, ctypes.c_void_p),
             bottom.x_inv_scale if int8 else 1.0, bottom.x_zp if int8 else 0.0, z_inv_scale, z_zp,
             max(bottom.width, top.width), gather.num_tables, gather.dim, gather.row_bytes,

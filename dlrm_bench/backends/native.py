@@ -16,9 +16,9 @@ amx_int8                                         cap), requantize + ReLU fused
 ============== =========== ===================== =============================================
 
 With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
-call; for avx_fp32, avx_int8 and amx_int8, small batches (up to 128, 128 and 32 rows per thread)
-through the whole forward in one call; avx_fp32 runs bigger batches through that call too, in
-chunks of that size.
+call; small batches through the whole forward in one call (up to 128 rows per thread for avx_fp32
+and avx_int8, 32 for amx_int8, 4 for amx_bfloat16; none for amx_bfloat32); avx_fp32 runs bigger
+batches through that call too, in chunks of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -119,6 +119,13 @@ SMALL_FLOAT_ROWS_PER_THREAD = 128
 # cost dominates whatever the ISA: the amx_int8 plan on the AMD VM, 2 threads, batch 1, p50
 # 217 us through oneDNN layer by layer against 27.5 us in one call (same process, alternating).
 SMALL_AMX_INT8_ROWS_PER_THREAD = 32
+# amx_bfloat16: a bf16 kernel (AVX512-BF16 vdpbf16ps, bf16 rows between layers as oneDNN's bf16
+# linears, the head in float32), up to 4 rows per thread only: AMX's bf16 peak is several times
+# AVX512-BF16's, so past a few rows oneDNN on AMX should win (not measured on AMX). On the AMD VM,
+# where oneDNN has AVX512-BF16 too, the one call won at every size tried (small_batch.py, amx
+# plan, us per batch, one call / general path): 2 threads, 1 row 44 / 162, 4 rows 48 / 152,
+# 16 rows 120 / 259, 64 rows 417 / 531; 1 thread, 16 rows 222 / 323.
+SMALL_AMX_BF16_ROWS_PER_THREAD = 4
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -127,6 +134,13 @@ SMALL_AMX_INT8_ROWS_PER_THREAD = 32
 # alternating: chunks 73k steady, layer by layer 25-66k; with glibc malloc both ~71k).
 # int8 keeps oneDNN's VNNI GEMMs there: no faults, and the chunks were no faster (196k / 199k).
 SMALL_FLOAT_CHUNKS_BIG_BATCHES = True
+# Per precision with a one-call path: the ISA its kernel needs, its MLPs, rows per thread.
+SMALL_PATHS: dict[str, tuple[str, str, int]] = {
+    "avx_fp32": ("AVX-512", "AVX-512 fp32", SMALL_FLOAT_ROWS_PER_THREAD),
+    "avx_int8": ("VNNI", "VNNI int8", SMALL_INT8_ROWS_PER_THREAD),
+    "amx_int8": ("VNNI", "VNNI int8", SMALL_AMX_INT8_ROWS_PER_THREAD),
+    "amx_bfloat16": ("AVX512-BF16", "AVX512-BF16 bf16", SMALL_AMX_BF16_ROWS_PER_THREAD),
+}
 
 
 def _linears(arch: nn.Sequential) -> list[nn.Linear]:
@@ -162,8 +176,8 @@ class PreparedModel:
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
         self.top_qparams: tuple[float, int] | None = None  # int8: the top MLP input's qparams
-        # few rows (avx_fp32, avx_int8, amx_int8): the whole forward in one C call, up to this
-        # many rows per thread
+        # few rows (not amx_bfloat32): the whole forward in one C call, up to this many rows
+        # per thread
         self.small_forward: fused.SmallForward | None = None
         self.small_rows_per_thread = 0
         self.small_chunks = False  # bigger batches too, in chunks of small_rows_per_thread
@@ -204,7 +218,7 @@ class PreparedModel:
         self.bottom_in = lambda dense: dense.to(dtype)
         self.top_in = lambda z: z
         self.finish = lambda out: out.float()
-        if self.gather is not None and self.precision == "avx_fp32":
+        if self.gather is not None and self.precision in SMALL_PATHS:
             self._use_small_forward()
 
     def _build_int8(self) -> None:
@@ -225,17 +239,19 @@ class PreparedModel:
             self._use_small_forward()
 
     def _use_small_forward(self) -> None:
-        """Few rows: the whole forward in one C call (``fused.SmallForward``), int8 or fp32."""
+        """Few rows: the whole forward in one C call (``fused.SmallForward``), int8, fp32 or
+        bf16."""
         assert self.gather is not None
         int8 = self.top_qparams is not None
-        isa, mlps, limit = (("VNNI", "VNNI int8", SMALL_INT8_ROWS_PER_THREAD) if int8
-                            else ("AVX-512", "AVX-512 fp32", SMALL_FLOAT_ROWS_PER_THREAD))
-        if self.precision == "amx_int8":
-            limit = SMALL_AMX_INT8_ROWS_PER_THREAD
+        bf16 = self.precision == "amx_bfloat16"
+        isa, mlps, limit = SMALL_PATHS[self.precision]
         try:
             if int8:
                 bottom = fused.SmallQMLP(self.bottom, float_input=True)
                 top = fused.SmallQMLP(self.top, sigmoid=True)
+            elif bf16:
+                bottom = fused.SmallBMLP(self.bottom, out="bf16-as-float32", float_input=True)
+                top = fused.SmallBMLP(self.top, out="float32")
             else:
                 bottom, top = fused.SmallFMLP(self.bottom), fused.SmallFMLP(self.top)
             self.small_forward = fused.SmallForward(self.gather, bottom, top, self.top_qparams)
@@ -243,7 +259,7 @@ class PreparedModel:
             self.kernels["small_batches"] = f"as big ones ({isa} kernel unavailable: {exc})"
             return
         self.small_rows_per_thread = limit
-        self.small_chunks = not int8 and SMALL_FLOAT_CHUNKS_BIG_BATCHES
+        self.small_chunks = self.precision == "avx_fp32" and SMALL_FLOAT_CHUNKS_BIG_BATCHES
         self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
         if self.small_chunks:
             self.kernels["big_batches"] = f"the same C call, in chunks of {limit} rows per thread"

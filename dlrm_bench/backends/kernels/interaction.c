@@ -1,6 +1,6 @@
 /* The native backend's C kernels (AVX-512, OpenMP): the fused one-hot embedding gather + dot
- * interaction (below), and whole small-batch MLPs in int8 (dlrm_qmlp_small) and float32
- * (dlrm_fmlp_small) further down.
+ * interaction (below), and whole small-batch MLPs in int8 (dlrm_qmlp_small), float32
+ * (dlrm_fmlp_small) and bfloat16 (dlrm_bmlp_small) further down.
  *
  * One call does, per sample b (rows of a batch in parallel):
  *   S = [x[b]; E_0[ids[0][b]]; ...; E_{T-1}[ids[T-1][b]]]            (T+1) x D, in L1
@@ -28,7 +28,7 @@
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 
-int dlrm_kernel_abi(void) { return 8; }
+int dlrm_kernel_abi(void) { return 9; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -572,11 +572,223 @@ int dlrm_fmlp_small(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, c
     return 0;
 }
 
+/* Small-batch bfloat16 MLP (AVX512-BF16 vdpbf16ps), the amx_bfloat16 counterpart of
+ * dlrm_fmlp_small: bf16 activations and weights, float32 sums, as oneDNN's bf16 linears.
+ * Layer l: y[m, n] = post(sum_k x[m, k] * w[n, k] + bias[n]), then (out): 0 rounded to bf16 (the
+ * next layer's input), 1 rounded to bf16 and stored widened to float32 (the bottom MLP's output,
+ * which the interaction reads as float32), 2 float32 as summed (the head: a bf16 sigmoid would
+ * put the probabilities on a 2^-8 grid). Weights packed as [N/16][ceil(K/2)][16][2] (N and K
+ * padded with zero weights): one 64-byte load holds 2 k's of 16 outputs, multiplied by a
+ * broadcast pair of inputs; an odd K's last input goes in alone (its pair's other half 0), so
+ * rows need no padding. Tiles as the fp32 kernel's. */
+#define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+typedef struct {
+    int64_t k, n;
+    const uint16_t *w;
+    const float *bias;
+    int32_t post; /* 0 none, 1 relu, 2 sigmoid */
+    int32_t out;  /* 0 bf16, 1 bf16 widened to float32, 2 float32 */
+} dlrm_blayer;
+
+static inline BF16 __m512bh pair_at(const uint16_t *x, int64_t j) {
+    uint32_t v;
+    memcpy(&v, x + 2 * j, 4);
+    return (__m512bh)_mm512_set1_epi32((int32_t)v);
+}
+
+static inline BF16 __m512bh last_alone(const uint16_t *x, int64_t k) {
+    return (__m512bh)_mm512_set1_epi32((int32_t)x[k - 1]);
+}
+
+static inline BF16 void bstore(const dlrm_blayer *L, __m512 acc, int64_t n0, void *out, int64_t m,
+                               int64_t out_stride) {
+    const __mmask16 keep = keep_of(L->n, n0);
+    __m512 y = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(keep, L->bias + n0));
+    if (L->post == 1) {
+        y = _mm512_max_ps(y, _mm512_setzero_ps());
+    } else if (L->post == 2) { /* before any rounding, as a bf16 linear's fused sigmoid */
+        float tmp[16];
+        store_sigmoid(tmp, y, keep);
+        y = _mm512_maskz_loadu_ps(keep, tmp);
+    }
+    if (L->out == 0) {
+        _mm256_mask_storeu_epi16((uint16_t *)out + m * out_stride + n0, keep,
+                                 (__m256i)_mm512_cvtneps_pbh(y));
+        return;
+    }
+    if (L->out == 1) {
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(y);
+        y = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    _mm512_mask_storeu_ps((float *)out + m * out_stride + n0, keep, y);
+}
+
+#define BDP4(a, bx) \
+    a##0 = _mm512_dpbf16_ps(a##0, v0, bx); a##1 = _mm512_dpbf16_ps(a##1, v1, bx); \
+    a##2 = _mm512_dpbf16_ps(a##2, v2, bx); a##3 = _mm512_dpbf16_ps(a##3, v3, bx)
+#define BLOAD4(j) \
+    const __m512bh v0 = (__m512bh)_mm512_loadu_si512(w0 + 32 * (j)); \
+    const __m512bh v1 = (__m512bh)_mm512_loadu_si512(w1 + 32 * (j)); \
+    const __m512bh v2 = (__m512bh)_mm512_loadu_si512(w2 + 32 * (j)); \
+    const __m512bh v3 = (__m512bh)_mm512_loadu_si512(w3 + 32 * (j))
+#define BSTORE4(a, row) \
+    for (int b = 0; b < nb; b++) \
+        bstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
+               row, out_stride)
+#define BBLOCK_POINTERS \
+    const int64_t K = L->k, P = K / 2, KP = (K + 1) / 2; \
+    const uint16_t *w0 = L->w + blk * KP * 32; \
+    const uint16_t *w1 = w0 + (nb > 1 ? KP * 32 : 0), *w2 = w0 + (nb > 2 ? 2 * KP * 32 : 0); \
+    const uint16_t *w3 = w0 + (nb > 3 ? 3 * KP * 32 : 0)
+
+static BF16 void btile4(const dlrm_blayer *L, int nb, int64_t blk, const uint16_t *x,
+                        int64_t x_stride, int64_t m0, void *out, int64_t out_stride) {
+    BBLOCK_POINTERS;
+    const uint16_t *x0 = x + m0 * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride;
+    const uint16_t *x3 = x2 + x_stride;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0;
+    __m512 b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
+    for (int64_t j = 0; j < P; j++) {
+        BLOAD4(j);
+        __m512bh bx = pair_at(x0, j);
+        BDP4(a, bx);
+        bx = pair_at(x1, j);
+        BDP4(b, bx);
+        bx = pair_at(x2, j);
+        BDP4(c, bx);
+        bx = pair_at(x3, j);
+        BDP4(d, bx);
+    }
+    if (K % 2) {
+        BLOAD4(P);
+        __m512bh bx = last_alone(x0, K);
+        BDP4(a, bx);
+        bx = last_alone(x1, K);
+        BDP4(b, bx);
+        bx = last_alone(x2, K);
+        BDP4(c, bx);
+        bx = last_alone(x3, K);
+        BDP4(d, bx);
+    }
+    BSTORE4(a, m0);
+    BSTORE4(b, m0 + 1);
+    BSTORE4(c, m0 + 2);
+    BSTORE4(d, m0 + 3);
+}
+
+static BF16 void btile1(const dlrm_blayer *L, int nb, int64_t blk, const uint16_t *x,
+                        int64_t x_stride, int64_t m0, void *out, int64_t out_stride) {
+    BBLOCK_POINTERS;
+    const uint16_t *x0 = x + m0 * x_stride;
+    /* two chains per block, as ftile1 */
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, e0 = a0, e1 = a0, e2 = a0;
+    __m512 e3 = a0;
+    int64_t j = 0;
+    for (; j + 2 <= P; j += 2) {
+        {
+            BLOAD4(j);
+            const __m512bh bx = pair_at(x0, j);
+            BDP4(a, bx);
+        }
+        {
+            BLOAD4(j + 1);
+            const __m512bh bx = pair_at(x0, j + 1);
+            BDP4(e, bx);
+        }
+    }
+    if (j < P) {
+        BLOAD4(j);
+        const __m512bh bx = pair_at(x0, j);
+        BDP4(a, bx);
+    }
+    if (K % 2) {
+        BLOAD4(P);
+        const __m512bh bx = last_alone(x0, K);
+        BDP4(e, bx);
+    }
+    a0 = _mm512_add_ps(a0, e0);
+    a1 = _mm512_add_ps(a1, e1);
+    a2 = _mm512_add_ps(a2, e2);
+    a3 = _mm512_add_ps(a3, e3);
+    BSTORE4(a, m0);
+}
+
+/* The bf16 chain inside a parallel region, as fchain; intermediate rows are bf16 in scratch. */
+static BF16 void bchain(int64_t rows, const dlrm_blayer *layers, int32_t n_layers,
+                        const uint16_t *x, int64_t x_stride, uint16_t *scratch_a,
+                        uint16_t *scratch_b, int64_t scratch_stride, void *out,
+                        int64_t out_stride) {
+    const uint16_t *in = x;
+    int64_t in_stride = x_stride;
+    for (int32_t l = 0; l < n_layers; l++) {
+        const dlrm_blayer *L = &layers[l];
+        const int last = l + 1 == n_layers;
+        void *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
+        const int64_t dst_stride = last ? out_stride : scratch_stride;
+        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+            int64_t m = 0;
+            for (; m + 4 <= rows; m += 4) btile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
+            for (; m < rows; m++) btile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
+        }
+        in = (const uint16_t *)dst;
+        in_stride = scratch_stride;
+    }
+}
+
+/* Inner layers emit bf16, the last one float32 (out 1 or 2). */
+static int bchain_ok(const dlrm_blayer *layers, int32_t n_layers, int64_t scratch_stride) {
+    if (n_layers <= 0 || n_layers > MAX_LAYERS) return 0;
+    for (int32_t l = 0; l < n_layers; l++) {
+        const int last = l + 1 == n_layers;
+        if (last ? layers[l].out == 0 : (layers[l].out != 0 || layers[l].n > scratch_stride))
+            return 0;
+        if (layers[l].out < 0 || layers[l].out > 2) return 0;
+        if (l > 0 && layers[l].k != layers[l - 1].n) return 0;
+    }
+    return 1;
+}
+
+/* float32 rows -> bfloat16 rows (nearest even), shared out by an orphaned omp for. */
+static void rows_to_bf16(int64_t rows, int64_t k, const float *x, int64_t x_stride, uint16_t *dst) {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < rows; m++) narrow_to_bf16(x + m * x_stride, k, dst + m * k);
+}
+
+/* Runs layers[0..n_layers) on bf16 rows x [rows, k0], or on float32 rows (x_float) rounded to
+ * bf16 first into scratch_x ([rows, k0]); intermediate rows alternate between scratch_a /
+ * scratch_b ([rows, scratch_stride] bf16 each); the last layer writes float32 out. Returns 0, -1
+ * on bad arguments. */
+int dlrm_bmlp_small(int64_t rows, const dlrm_blayer *layers, int32_t n_layers, const void *x,
+                    int64_t x_stride, int32_t x_float, uint16_t *scratch_a, uint16_t *scratch_b,
+                    uint16_t *scratch_x, int64_t scratch_stride, float *out, int64_t out_stride,
+                    int32_t threads) {
+    if (rows <= 0 || !bchain_ok(layers, n_layers, scratch_stride)) return -1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const uint16_t *in = (const uint16_t *)x;
+        int64_t in_stride = x_stride;
+        if (x_float) {
+            rows_to_bf16(rows, layers[0].k, (const float *)x, x_stride, scratch_x);
+            in = scratch_x;
+            in_stride = layers[0].k;
+        }
+        bchain(rows, layers, n_layers, in, in_stride, scratch_a, scratch_b, scratch_stride, out,
+               out_stride);
+    }
+    return 0;
+}
+
 /* A whole forward for a few rows in one call and one parallel region: bottom MLP, gather +
  * interaction, top MLP (+ sigmoid), float32 [rows, 1] probabilities in out. Instead of three
  * calls from Python, each with its own region: at batch 1 their fixed costs were ~1/4 of the
  * time. mlp_kind 0: dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
- * quantizes the dense input), the interaction quantized for the top's uint8 input. */
+ * quantizes the dense input), the interaction quantized for the top's uint8 input; 2:
+ * dlrm_blayer chains (the dense input rounded to bf16, the bottom's output bf16 values widened to
+ * float32, the interaction rounded to bf16 for the top). */
 typedef struct {
     int32_t mlp_kind, n_bottom, n_top;
     const void *bottom, *top;
@@ -603,22 +815,29 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
                        int64_t off_stride_b, const int64_t *ids, int64_t ids_stride_t,
                        int64_t ids_stride_b, char *scratch, float *out, int32_t threads) {
     const int64_t n = m->num_tables + 1, zwidth = m->dim + n * (n - 1) / 2;
-    const int q8 = m->mlp_kind == 1;
+    const int q8 = m->mlp_kind == 1, bf = m->mlp_kind == 2;
     if (rows <= 0 || n > MAX_ROWS || m->dim > MAX_DIM || m->dim % 16 || m->table_kind < 0
-        || m->table_kind > 2)
+        || m->table_kind > 2 || m->mlp_kind < 0 || m->mlp_kind > 2)
         return -1;
     if (q8 ? !(qchain_ok(m->bottom, m->n_bottom, 1, m->width)
                && qchain_ok(m->top, m->n_top, 0, m->width))
+        : bf ? !(bchain_ok(m->bottom, m->n_bottom, m->width)
+                 && bchain_ok(m->top, m->n_top, m->width))
            : !(fchain_ok(m->bottom, m->n_bottom, m->width)
                && fchain_ok(m->top, m->n_top, m->width)))
         return -1;
 #define CHAIN_SHAPE(type)                                                               \
     (((const type *)m->bottom)[m->n_bottom - 1].n == m->dim                             \
      && ((const type *)m->top)[0].k == zwidth && ((const type *)m->top)[m->n_top - 1].n == 1)
-    if (q8 ? !CHAIN_SHAPE(dlrm_qlayer) : !CHAIN_SHAPE(dlrm_flayer)) return -1;
+    if (q8 ? !CHAIN_SHAPE(dlrm_qlayer)
+        : bf ? !CHAIN_SHAPE(dlrm_blayer) : !CHAIN_SHAPE(dlrm_flayer))
+        return -1;
     if (q8 && (((const dlrm_qlayer *)m->bottom)[m->n_bottom - 1].out_u8
                || ((const dlrm_qlayer *)m->top)[m->n_top - 1].out_u8))
         return -1; /* the bottom's output and the probabilities are float32 */
+    if (bf && (((const dlrm_blayer *)m->bottom)[m->n_bottom - 1].out != 1
+               || ((const dlrm_blayer *)m->top)[m->n_top - 1].out != 2))
+        return -1; /* the bottom's output: bf16 values as float32; the probabilities float32 */
 #undef CHAIN_SHAPE
     if (!dlrm_one_hot(offsets, off_stride_t, off_stride_b, m->num_tables, rows)) return 1;
     char *a = scratch, *b = a + align64(rows * m->width * 4);
@@ -627,18 +846,27 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        if (q8)
+        if (q8) {
             qchain(rows, m->bottom, m->n_bottom, dense, dense_stride, 1, m->x_inv_scale, m->x_zp,
                    (uint8_t *)a, (uint8_t *)b, m->width, x, m->dim);
-        else
+        } else if (bf) { /* the dense rows in bf16 go where z will be (free until the gather) */
+            const int64_t k0 = ((const dlrm_blayer *)m->bottom)[0].k;
+            rows_to_bf16(rows, k0, dense, dense_stride, (uint16_t *)z);
+            bchain(rows, m->bottom, m->n_bottom, (const uint16_t *)z, k0, (uint16_t *)a,
+                   (uint16_t *)b, m->width, x, m->dim);
+        } else {
             fchain(rows, m->bottom, m->n_bottom, dense, dense_stride, (float *)a, (float *)b,
                    m->width, x, m->dim);
+        }
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
-                    q8 ? 1 : 0, m->z_inv_scale, m->z_zp, &bad_id);
+                    q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, &bad_id);
         if (q8)
             qchain(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a, (uint8_t *)b,
                    m->width, out, 1);
+        else if (bf)
+            bchain(rows, m->top, m->n_top, (const uint16_t *)z, zwidth, (uint16_t *)a,
+                   (uint16_t *)b, m->width, out, 1);
         else
             fchain(rows, m->top, m->n_top, z, zwidth, (float *)a, (float *)b, m->width, out, 1);
     }
