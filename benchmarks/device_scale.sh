@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale check on a 16-core machine (the device machine this project is sometimes lent):
 # every precision at terabyte-small / batch 2048 / 16 threads, then the launcher layouts
-# 4 x 4 cores (latency), 1 x 16 and 4 x 4 (throughput). Results go to $OUT (flat files).
+# 4 x 4 cores (latency), 1 x 16 and 4 x 4 (throughput); on an AMX host also the amx_* plans'
+# kernels against their torch path and oneDNN's AMX kernels. Results go to $OUT (flat files).
 # Usage: OUT=/some/dir bash benchmarks/device_scale.sh
 set -u
 OUT=${OUT:-/tmp/device-out}
@@ -17,6 +18,20 @@ PY=${PY:-python3}
 
 $PY benchmarks/precisions.py --preset terabyte-small --batch-size 2048 --steps 30 \
   --warmup-steps 3 --threads 16 --out "$OUT/precisions.json" 2>&1 | tail -12
+
+if grep -qw amx_tile /proc/cpuinfo; then
+  # What the amx_* plans' C kernels were chosen without (no AMX at hand): the fused interaction
+  # against their torch path (AMX bmm), and the one-call small-batch limits against oneDNN on AMX
+  # (native.SMALL_AMX_*_ROWS_PER_THREAD). Same cache: the weights are prepared once.
+  for fused in 1 0; do
+    DLRM_BENCH_FUSED=$fused $PY benchmarks/precisions.py --preset terabyte-small \
+      --precisions amx_int8,amx_bfloat16,amx_bfloat32 --batch-size 2048 --steps 30 \
+      --warmup-steps 3 --threads 2 --out "$OUT/precisions-amx-2t-fused$fused.json" 2>&1 | tail -5
+  done
+  $PY benchmarks/small_batch.py --precisions amx_int8,amx_bfloat16 --threads 1,2 \
+    --batches 1,4,8,16,32,64,128 --repeats 3 --cache-dir /tmp/dlrm-small-cache \
+    --out "$OUT/small-batch-amx.json" 2>&1 | tail -30
+fi
 
 layout() {  # name, then launch arguments
   local name=$1; shift
