@@ -17,7 +17,7 @@ amx_int8                                         cap), requantize + ReLU fused
 
 With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
 call; small batches through the whole forward in one call (up to 128 rows per thread for avx_fp32
-and avx_int8, 32 for amx_int8, 4 for amx_bfloat16; none for amx_bfloat32); avx_fp32 runs bigger
+and avx_int8, 16 for amx_int8, 8 for amx_bfloat16; none for amx_bfloat32); avx_fp32 runs bigger
 batches through that call too, in chunks of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
@@ -112,20 +112,22 @@ PACK_BATCH_HINT = 1024
 #   fp32, 2 threads: 1 row 67 / 189, 16 rows 226 / 357, 256 3207 / 3321; 512 6296 / 6222
 SMALL_INT8_ROWS_PER_THREAD = 128
 SMALL_FLOAT_ROWS_PER_THREAD = 128
-# amx_int8 runs the same VNNI kernel for small batches (every AMX CPU has AVX512-VNNI), but only
-# up to 32 rows per thread: its general path's GEMMs run on AMX, several times the VNNI peak, so
-# it catches up with the one call at fewer rows than on VNNI (not yet measured on AMX:
-# benchmarks/small_batch.py --precisions amx_int8 there). Below that the general path's fixed
-# cost dominates whatever the ISA: the amx_int8 plan on the AMD VM, 2 threads, batch 1, p50
-# 217 us through oneDNN layer by layer against 27.5 us in one call (same process, alternating).
-SMALL_AMX_INT8_ROWS_PER_THREAD = 32
-# amx_bfloat16: a bf16 kernel (AVX512-BF16 vdpbf16ps, bf16 rows between layers as oneDNN's bf16
-# linears, the head in float32), up to 4 rows per thread only: AMX's bf16 peak is several times
-# AVX512-BF16's, so past a few rows oneDNN on AMX should win (not measured on AMX). On the AMD VM,
-# where oneDNN has AVX512-BF16 too, the one call won at every size tried (small_batch.py, amx
-# plan, us per batch, one call / general path): 2 threads, 1 row 44 / 162, 4 rows 48 / 152,
-# 16 rows 120 / 259, 64 rows 417 / 531; 1 thread, 16 rows 222 / 323.
-SMALL_AMX_BF16_ROWS_PER_THREAD = 4
+# The amx_* plans' one-call paths use no AMX: amx_int8 the VNNI kernel (every AMX CPU has
+# AVX512-VNNI), amx_bfloat16 a bf16 kernel (AVX512-BF16 vdpbf16ps; bf16 rows between layers as
+# oneDNN's bf16 linears, the head in float32). Their limits are lower than at avx_*, because
+# there the general path's GEMMs run on AMX, and are estimates until measured on AMX
+# (benchmarks/small_batch.py --precisions amx_int8,amx_bfloat16; device_scale.sh runs it). The
+# estimate, per thread: the general path on AMX costs its fixed part, measured here (the general
+# path minus what its GEMMs take at the one call's speed: ~124 us int8, ~110 us bf16 at 1 thread),
+# plus its weights streamed once from L3 (2.4 MB int8, 4.4 MB bf16: ~50-90 us); the one call
+# costs what it costs here (same AVX-512 instructions). One thread, us per batch, one call here
+# against that estimate: int8 16 rows 134 vs ~172, 64 rows 461 vs ~190; bf16 8 rows 121 vs
+# ~185, 16 rows 222 vs ~185. Measured on the AMD VM (amx plans, oneDNN with VNNI / AVX512-BF16,
+# one call / general path, us): amx_int8 2 threads batch 1 27.5 / 217; amx_bfloat16 2 threads
+# 1 row 44 / 162, 4 rows 48 / 152, 16 rows 120 / 259, 64 rows 417 / 531, 1 thread 16 rows
+# 222 / 323.
+SMALL_AMX_INT8_ROWS_PER_THREAD = 16
+SMALL_AMX_BF16_ROWS_PER_THREAD = 8
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
