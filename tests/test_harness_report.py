@@ -63,6 +63,16 @@ def test_markdown_has_the_table_latency_peaks_and_failures() -> None:
     assert "**Not AMX figures:** the CPU flags were overridden" in markdown(doc)
 
 
+def test_backends_take_turns_going_first() -> None:
+    from harness import backend_order
+
+    backends = ["native", "native-unfused", "ipex"]
+    orders = [backend_order(backends, repeat) for repeat in range(4)]
+    assert [order[0] for order in orders] == ["native", "native-unfused", "ipex", "native"]
+    assert all(sorted(order) == sorted(backends) for order in orders)
+    assert orders[1] == ["native-unfused", "ipex", "native"]
+
+
 def test_variants_pass_their_run_flags() -> None:
     from harness import VARIANTS, run_flags
 
