@@ -428,7 +428,7 @@ class SmallBMLP:
             if weight.dtype != torch.bfloat16 and not torch.equal(
                     weight, weight.bfloat16().to(weight.dtype)):
                 raise KernelUnavailable("the small bf16 MLP takes bf16 weights")
-            self.structs[i] = self._layer(layer, B_OUT[out] if i == len(layers) - 1 else 0)
+            self.structs[i] = self._layer(layer, B_OUT[out if i == len(layers) - 1 else "bf16"])
         self.k = int(layers[0].weight.shape[1])
         self.n = int(layers[-1].weight.shape[0])
         self.out = out

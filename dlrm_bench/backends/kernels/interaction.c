@@ -293,16 +293,33 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
  * which held the loop to ~57% of the vpdpbusd peak. A group with fewer than 4 blocks (the last
  * of a layer whose width is not a multiple of 64) reads its last block again in the missing
  * lanes and stores only the real ones. */
+/* Shared by the int8, float32 and bf16 chains. STORE_BLOCKS: the nb (<= 4) accumulators a0..a3
+ * of one row through store(). LAYER_GROUPS: one layer L, its output groups (4 blocks of 16
+ * outputs) shared out by an orphaned omp for (whose implicit barrier orders the layers), each
+ * group over every row: 4-row tiles, then single rows. */
+#define STORE_BLOCKS(store, a, row) \
+    for (int b = 0; b < nb; b++) \
+        store(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
+              row, out_stride)
+#define LAYER_GROUPS(tile4, tile1, in, in_stride, rows, o, o_stride) \
+    do { \
+        const int64_t blocks_ = (L->n + 15) / 16, groups_ = (blocks_ + 3) / 4; \
+        _Pragma("omp for schedule(static)") \
+        for (int64_t g = 0; g < groups_; g++) { \
+            const int nb = blocks_ - 4 * g < 4 ? (int)(blocks_ - 4 * g) : 4; \
+            int64_t m = 0; \
+            for (; m + 4 <= (rows); m += 4) tile4(L, nb, 4 * g, in, in_stride, m, o, o_stride); \
+            for (; m < (rows); m++) tile1(L, nb, 4 * g, in, in_stride, m, o, o_stride); \
+        } \
+    } while (0)
+
 #define DP4(a, bx) \
     a##0 = _mm512_dpbusd_epi32(a##0, bx, v0); a##1 = _mm512_dpbusd_epi32(a##1, bx, v1); \
     a##2 = _mm512_dpbusd_epi32(a##2, bx, v2); a##3 = _mm512_dpbusd_epi32(a##3, bx, v3)
 #define LOAD4(q) \
     const __m512i v0 = _mm512_loadu_si512(w0 + (q)), v1 = _mm512_loadu_si512(w1 + (q)); \
     const __m512i v2 = _mm512_loadu_si512(w2 + (q)), v3 = _mm512_loadu_si512(w3 + (q))
-#define STORE4(a, row) \
-    for (int b = 0; b < nb; b++) \
-        qstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
-               row, out_stride)
+#define STORE4(a, row) STORE_BLOCKS(qstore, a, row)
 #define BLOCK_POINTERS \
     const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull; \
     const __m512i *w0 = (const __m512i *)(L->w + blk * kw * 64); \
@@ -363,13 +380,6 @@ static VNNI void qtile1(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t
     STORE4(a, m0);
 }
 
-static VNNI void qlayer_rows(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
-                             int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
-    int64_t m = 0;
-    for (; m + 4 <= rows; m += 4) qtile4(L, nb, blk, x, x_stride, m, out, out_stride);
-    for (; m < rows; m++) qtile1(L, nb, blk, x, x_stride, m, out, out_stride);
-}
-
 /* The chain's layers inside a parallel region (orphaned `omp for`s; their implicit barriers
  * order the layers), or serially. Arguments as dlrm_qmlp_small's, checked there. */
 static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers, const void *x,
@@ -392,12 +402,7 @@ static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layer
         uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
         void *o = last ? out : (void *)dst;
         const int64_t o_stride = last ? out_stride : scratch_stride;
-        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < groups; g++) {
-            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
-            qlayer_rows(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
-        }
+        LAYER_GROUPS(qtile4, qtile1, in, in_stride, rows, o, o_stride);
         in = dst;
         in_stride = scratch_stride;
     }
@@ -460,10 +465,7 @@ static inline void fstore(const dlrm_flayer *L, __m512 acc, int64_t n0, float *o
 #define FLOAD4(k) \
     const __m512 v0 = _mm512_loadu_ps(w0 + 16 * (k)), v1 = _mm512_loadu_ps(w1 + 16 * (k)); \
     const __m512 v2 = _mm512_loadu_ps(w2 + 16 * (k)), v3 = _mm512_loadu_ps(w3 + 16 * (k))
-#define FSTORE4(a, row) \
-    for (int b = 0; b < nb; b++) \
-        fstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
-               row, out_stride)
+#define FSTORE4(a, row) STORE_BLOCKS(fstore, a, row)
 #define FBLOCK_POINTERS \
     const int64_t K = L->k; \
     const float *w0 = L->w + blk * K * 16; \
@@ -537,14 +539,7 @@ static void fchain(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, co
         const int last = l + 1 == n_layers;
         float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
         const int64_t dst_stride = last ? out_stride : scratch_stride;
-        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < groups; g++) {
-            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
-            int64_t m = 0;
-            for (; m + 4 <= rows; m += 4) ftile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-            for (; m < rows; m++) ftile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-        }
+        LAYER_GROUPS(ftile4, ftile1, in, in_stride, rows, dst, dst_stride);
         in = dst;
         in_stride = scratch_stride;
     }
@@ -632,10 +627,7 @@ static inline BF16 void bstore(const dlrm_blayer *L, __m512 acc, int64_t n0, voi
     const __m512bh v1 = (__m512bh)_mm512_loadu_si512(w1 + 32 * (j)); \
     const __m512bh v2 = (__m512bh)_mm512_loadu_si512(w2 + 32 * (j)); \
     const __m512bh v3 = (__m512bh)_mm512_loadu_si512(w3 + 32 * (j))
-#define BSTORE4(a, row) \
-    for (int b = 0; b < nb; b++) \
-        bstore(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
-               row, out_stride)
+#define BSTORE4(a, row) STORE_BLOCKS(bstore, a, row)
 #define BBLOCK_POINTERS \
     const int64_t K = L->k, P = K / 2, KP = (K + 1) / 2; \
     const uint16_t *w0 = L->w + blk * KP * 32; \
@@ -726,14 +718,7 @@ static BF16 void bchain(int64_t rows, const dlrm_blayer *layers, int32_t n_layer
         const int last = l + 1 == n_layers;
         void *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
         const int64_t dst_stride = last ? out_stride : scratch_stride;
-        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < groups; g++) {
-            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
-            int64_t m = 0;
-            for (; m + 4 <= rows; m += 4) btile4(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-            for (; m < rows; m++) btile1(L, nb, 4 * g, in, in_stride, m, dst, dst_stride);
-        }
+        LAYER_GROUPS(btile4, btile1, in, in_stride, rows, dst, dst_stride);
         in = (const uint16_t *)dst;
         in_stride = scratch_stride;
     }
