@@ -61,17 +61,23 @@ def torch_path(kind: str, weights: list[torch.Tensor], x, ids) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize(("kind", "dots"), [("fp32", "auto"), ("int8", "auto"),
+                                            ("int8", "float32")])
 @pytest.mark.parametrize("batch", [1, 7, 300])
-def test_kernel_equals_torch_ops(kind: str, batch: int) -> None:
+def test_kernel_equals_torch_ops(kind: str, dots: str, batch: int) -> None:
+    """int8 rows: integer dot products on the stored rows (AVX512-VNNI, the default where the
+    CPU has it) and dequantized float32 rows both give the torch ops' float32 results."""
     tables, x, ids = tables_and_batch(batch)
     if kind == "int8":
         weights = [fuse_tables(tables, "int8")]
         bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
-        kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases)
+        kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases, dots=dots)
+        narrow = dots == "auto" and "avx512_vnni" in cpu_flags()
+        assert kernel.dots == ("stored" if narrow else "float32")
     else:
         weights = tables
         kernel = fused.GatherInteraction(weights, SIZES, "fp32")
+        assert kernel.dots == "float32"
     expected = torch_path(kind, weights, x, ids)
     out = torch.full((batch, WIDTH), float("nan"))
     kernel(x, ids, out)
@@ -529,11 +535,16 @@ def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
 
 
 @needs_kernel
-def test_bf16_tables_and_output_match_the_bf16_torch_path() -> None:
+@pytest.mark.parametrize("dots", ["auto", "float32"])
+def test_bf16_tables_and_output_match_the_bf16_torch_path(dots: str) -> None:
+    """bf16 rows: vdpbf16ps on the stored rows (the default on AVX512-BF16) or rows widened to
+    float32; either way float32 sums of the bf16 products."""
     tables, x, ids = tables_and_batch(200, seed=9)
     stacked = fuse_tables(tables, "bf16")
     bases = EmbeddingTables("bf16", [stacked], SIZES).bases.view(-1).tolist()
-    kernel = fused.GatherInteraction([stacked], SIZES, "bf16", bases=bases)
+    kernel = fused.GatherInteraction([stacked], SIZES, "bf16", bases=bases, dots=dots)
+    narrow = dots == "auto" and "avx512_bf16" in cpu_flags()
+    assert kernel.dots == ("stored" if narrow else "float32")
     xb = x.bfloat16()
     expected = torch_path("bf16", [stacked], xb, ids).float()
     out = torch.empty(200, WIDTH, dtype=torch.bfloat16)

@@ -32,7 +32,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 9
+ABI = 10
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -43,6 +43,9 @@ ENV_CACHE = "DLRM_BENCH_KERNEL_CACHE"
 MAX_ROWS, MAX_DIM = 64, 512  # the kernel's stack buffers (T + 1 rows of D floats)
 TABLE_KINDS = {"fp32": 0, "int8": 1, "bf16": 2}  # interaction.c's table kinds
 OUT_KINDS = {torch.float32: 0, torch.uint8: 1, torch.bfloat16: 2}
+# The CPU flag the dot products on stored rows need, per table kind (fp32 rows: none to gain).
+NARROW_DOT_FLAGS = {"int8": "avx512_vnni", "bf16": "avx512_bf16"}
+NARROW_DOT_DIM = {"int8": 64, "bf16": 32}  # D a multiple of one register's worth of the rows
 
 
 class KernelUnavailable(RuntimeError):
@@ -142,7 +145,8 @@ def load() -> ctypes.CDLL:
     fn = lib.dlrm_gather_interact
     fn.restype = ctypes.c_int
     fn.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int32,
-                   ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32]
+                   ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
+                   ctypes.c_int32]
     lib.dlrm_one_hot.restype = ctypes.c_int
     lib.dlrm_one_hot.argtypes = [ptr, i64, i64, i64, i64]
     mlp = lib.dlrm_qmlp_small
@@ -182,7 +186,7 @@ class GatherInteraction:
     """
 
     def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], kind: str,
-                 bases: list[int] | None = None) -> None:
+                 bases: list[int] | None = None, dots: str = "auto") -> None:
         self.lib = load()
         if kind not in TABLE_KINDS:
             raise KernelUnavailable(f"the fused kernel reads {', '.join(TABLE_KINDS)} tables, "
@@ -207,6 +211,11 @@ class GatherInteraction:
         self.rows = torch.tensor(sizes, dtype=torch.int64)
         self.num_tables = len(sizes)
         self.width = self.dim + self.num_tables * (self.num_tables + 1) // 2  # D + T(T+1)/2
+        # "stored": dot products on the rows as stored (int8: integer on AVX512-VNNI, bf16:
+        # vdpbf16ps); "float32": rows dequantized / widened to float32 first (fp32 tables always)
+        narrow = (NARROW_DOT_FLAGS.get(kind, "-") in cpu_flags()
+                  and self.dim % NARROW_DOT_DIM.get(kind, 1) == 0)
+        self.dots = "stored" if dots == "auto" and narrow else "float32"
 
     def one_hot(self, offsets: torch.Tensor, indices: torch.Tensor) -> bool:
         """``EmbeddingTables.one_hot`` in one C call: ``offsets`` ``[T, B]`` is ``arange(B)``
@@ -243,7 +252,7 @@ class GatherInteraction:
             indices.data_ptr(), indices.stride(0), indices.stride(1),
             self.addresses.data_ptr(), self.rows.data_ptr(), self.row_bytes, self.kind,
             out.data_ptr(), out.stride(0), OUT_KINDS[out.dtype], inv_scale, zero_point,
-            torch.get_num_threads())
+            int(self.dots == "stored"), torch.get_num_threads())
         if code == -2:
             raise IndexError("an embedding id is outside its table")
         if code != 0:
@@ -475,7 +484,8 @@ class SmallModel(ctypes.Structure):
                 ("z_inv_scale", ctypes.c_float), ("z_zp", ctypes.c_float),
                 ("width", ctypes.c_int64), ("num_tables", ctypes.c_int64),
                 ("dim", ctypes.c_int64), ("row_bytes", ctypes.c_int64),
-                ("table_kind", ctypes.c_int32), ("table_addr", ctypes.c_void_p),
+                ("table_kind", ctypes.c_int32), ("dots", ctypes.c_int32),
+                ("table_addr", ctypes.c_void_p),
                 ("table_rows", ctypes.c_void_p)]
 
 
@@ -513,7 +523,8 @@ class SmallForward:
             ctypes.cast(bottom.structs, ctypes.c_void_p), ctypes.cast(top.structs, ctypes.c_void_p),
             bottom.x_inv_scale if int8 else 1.0, bottom.x_zp if int8 else 0.0, z_inv_scale, z_zp,
             max(bottom.width, top.width), gather.num_tables, gather.dim, gather.row_bytes,
-            gather.kind, gather.addresses.data_ptr(), gather.rows.data_ptr())
+            gather.kind, int(gather.dots == "stored"), gather.addresses.data_ptr(),
+            gather.rows.data_ptr())
         self.model_ref = ctypes.byref(self.model)
         # scratch by batch size: (tensor, its address); a few sizes at most (a last chunk)
         self.scratch: dict[int, tuple[torch.Tensor, int]] = {}

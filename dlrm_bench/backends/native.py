@@ -63,7 +63,11 @@ PREPARED_VERSION = 1
 # 2 pinned cores of an AMX Xeon (torch 2.11; run-to-run spread there was large, so these are
 # same-run comparisons):
 # - chunk 1024 vs whole 2048-row batches: bf16 +49%, bf32 +57%, int8 +6%, fp32 0..+36% (two
-#   runs); 512 is no better than 1024.
+#   runs); 512 is no better than 1024. On another AMX Xeon (2 cores of a VM, 2 MB L2 per core,
+#   torch 2.13, with the fused kernel; same process, alternating, 5 repeats, median samples/s at
+#   batch 2048) whole batches won at amx_int8 (344k -> 398k) and amx_bfloat16 (167k -> 222k),
+#   while amx_bfloat32 stayed ahead in chunks of 1024 (two runs: 139k / 88k, 101k / 93k):
+#   those two plans now run 2048 rows at once.
 # - avx_fp32: MKL sgemm and oneDNN prepacked fp32 within 3% there (MKL slightly ahead), but on an
 #   AMD EPYC (Zen 5, AVX-512) MKL takes a slower code path: 156-179 vs 429-439 GFLOP/s for
 #   oneDNN on the MLP shapes (2 threads). oneDNN prepacked is used on every CPU (one library for
@@ -90,11 +94,11 @@ PLANS: dict[str, dict[str, Any]] = {
                  "fused": True},
     "amx_bfloat32": {"tables": "fp32", "dtype": torch.float32, "packed": True, "chunk": 1024,
                      "fused": True},
-    "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
+    "amx_bfloat16": {"tables": "bf16", "dtype": torch.bfloat16, "packed": True, "chunk": 2048,
                      "fused": True},
     "avx_int8": {"tables": "int8", "dtype": torch.float32, "packed": True, "chunk": 1024,
                  "fused": True},
-    "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 1024,
+    "amx_int8": {"tables": "int8", "dtype": torch.bfloat16, "packed": True, "chunk": 2048,
                  "fused": True},
 }
 PACK_BATCH_HINT = 1024

@@ -10,7 +10,9 @@
  *
  * Tables: kind 0 = float32 rows of D values; kind 1 = row-wise uint8 as written by
  * torch.ops.quantized.embedding_bag_byte_prepack (D bytes, then a float32 scale and bias);
- * kind 2 = bfloat16 rows. Dot products are computed in float32 whatever the kind.
+ * kind 2 = bfloat16 rows. Dot products: with dots = 1, on the rows as stored (int8: integer dots
+ * on AVX512-VNNI plus a float32 correction for the scales and biases; bf16: vdpbf16ps, float32
+ * sums); with dots = 0 (or a CPU without those), on rows turned into float32 in L1.
  * Output (out_kind): 0 float32; 1 uint8 quantized with one scale / zero point, which is what the
  * int8 top MLP's first layer reads (saves a float pass over the output); 2 bfloat16 (rounded to
  * nearest even), what a bf16 top MLP reads.
@@ -27,8 +29,10 @@
 #define MAX_ROWS 64   /* T + 1 */
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
-int dlrm_kernel_abi(void) { return 9; }
+int dlrm_kernel_abi(void) { return 10; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -110,6 +114,173 @@ static inline void dots_of_row(const float *const *rows, int64_t i, int64_t dim,
     }
 }
 
+/* The lanes of output block n0..n0+15 that exist of n. */
+static inline __mmask16 keep_of(int64_t n, int64_t n0) {
+    return n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - n0)) - 1);
+}
+
+/* sum4 on int32 lanes: the four horizontal sums of a0..a3 (the same tree) */
+static inline __m128i sum4_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    const __m512i x01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1),
+                                         _mm512_unpackhi_epi32(a0, a1));
+    const __m512i x23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3),
+                                         _mm512_unpackhi_epi32(a2, a3));
+    const __m512 f01 = _mm512_castsi512_ps(x01), f23 = _mm512_castsi512_ps(x23);
+    const __m512i y = _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(f01, f23, 0x44)),
+                                       _mm512_castps_si512(_mm512_shuffle_ps(f01, f23, 0xEE)));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(y), _mm512_extracti64x4_epi64(y, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Per-sample scratch of the integer and bf16 dot products (in L1 with the rows). */
+typedef struct {
+    uint8_t qu[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));  /* uint8 rows q */
+    int8_t qs[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));   /* q' = q - 128 */
+    uint16_t xb[MAX_DIM] __attribute__((aligned(64)));            /* x in bf16 */
+    int32_t dots[MAX_ROWS] __attribute__((aligned(64)));
+    int32_t s_sum[MAX_ROWS] __attribute__((aligned(64)));         /* S' = sum q' */
+    float s_sum_f[MAX_ROWS] __attribute__((aligned(64)));
+    float scale[MAX_ROWS] __attribute__((aligned(64)));
+    float center[MAX_ROWS] __attribute__((aligned(64)));          /* c = bias + 128 scale */
+    float xq[MAX_ROWS] __attribute__((aligned(64)));              /* sum x q' */
+} dot_scratch;
+
+/* One sample's triangle from row-wise uint8 rows with integer dot products (AVX512-VNNI)
+ * instead of dequantized float rows: about half the instructions. Table row t is
+ * v = s q + b (q in 0..255), written v = s q' + c with q' = q - 128 and c = b + 128 s; then
+ *   dot(v_i, v_j) = s_j (s_i G'_ij + c_i S'_j) + (s_i S'_i + D c_i) c_j,
+ *   G'_ij = sum q'_i q'_j, S'_i = sum q'_i,
+ * G' exact in int32 and in float32 (|G'| <= D 2^14 <= 2^23), and the c terms small (c is the
+ * middle of the row's range), so the float32 result is as close as the dequantized dots.
+ * vpdpbusd multiplies u8 by s8: sum q_i q'_j = G'_ij + 128 S'_j. The dense row x meets the rows
+ * in float32: dot(x, v_j) = s_j sum x q'_j + c_j sum x. tri: row i (1..T) holds dot(i, 0..i-1). */
+static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, int64_t dim,
+                               const float *x, float *tri, dot_scratch *w) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    for (int64_t t = 0; t < num_tables; t++) {
+        const uint8_t *row = trow[t];
+        uint8_t *qu = w->qu + t * dim;
+        int8_t *qs = w->qs + t * dim;
+        __m512i sad = zero;
+        for (int64_t d = 0; d < dim; d += 64) {
+            const __m512i q = _mm512_loadu_si512(row + d);
+            _mm512_store_si512(qu + d, q);
+            _mm512_store_si512(qs + d, _mm512_xor_si512(q, flip));
+            sad = _mm512_add_epi64(sad, _mm512_sad_epu8(q, zero));
+        }
+        float scale, bias;
+        memcpy(&scale, row + dim, 4);
+        memcpy(&bias, row + dim + 4, 4);
+        w->s_sum[t] = (int32_t)_mm512_reduce_add_epi64(sad) - 128 * (int32_t)dim;
+        w->s_sum_f[t] = (float)w->s_sum[t];
+        w->scale[t] = scale;
+        w->center[t] = bias + 128.0f * scale;
+    }
+    /* sum x q'_t for every t, four rows at a time */
+    __m512 xs = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) xs = _mm512_add_ps(xs, _mm512_loadu_ps(x + d));
+    const float x_sum = _mm512_reduce_add_ps(xs);
+    int64_t t = 0;
+#define QF(r, d) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128( \
+        (const __m128i *)(w->qs + (t + (r)) * dim + (d)))))
+    for (; t + 4 <= num_tables; t += 4) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < dim; d += 16) {
+            const __m512 v = _mm512_loadu_ps(x + d);
+            a0 = _mm512_fmadd_ps(v, QF(0, d), a0);
+            a1 = _mm512_fmadd_ps(v, QF(1, d), a1);
+            a2 = _mm512_fmadd_ps(v, QF(2, d), a2);
+            a3 = _mm512_fmadd_ps(v, QF(3, d), a3);
+        }
+        _mm_store_ps(w->xq + t, sum4(a0, a1, a2, a3));
+    }
+    for (; t < num_tables; t++) {
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), QF(0, d), a);
+        w->xq[t] = _mm512_reduce_add_ps(a);
+    }
+#undef QF
+    for (int64_t i = 1; i <= num_tables; i++) {
+        const int64_t ti = i - 1; /* table row of S row i; S rows 1..i-1 are table rows 0..i-2 */
+        tri[0] = w->scale[ti] * w->xq[ti] + w->center[ti] * x_sum;
+        const uint8_t *qi = w->qu + ti * dim;
+        int64_t j = 0;
+        for (; j + 4 <= ti; j += 4) {
+            __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+            const int8_t *q0 = w->qs + j * dim;
+            for (int64_t d = 0; d < dim; d += 64) {
+                const __m512i v = _mm512_load_si512(qi + d);
+                a0 = _mm512_dpbusd_epi32(a0, v, _mm512_load_si512(q0 + d));
+                a1 = _mm512_dpbusd_epi32(a1, v, _mm512_load_si512(q0 + dim + d));
+                a2 = _mm512_dpbusd_epi32(a2, v, _mm512_load_si512(q0 + 2 * dim + d));
+                a3 = _mm512_dpbusd_epi32(a3, v, _mm512_load_si512(q0 + 3 * dim + d));
+            }
+            _mm_store_si128((__m128i *)(w->dots + j), sum4_epi32(a0, a1, a2, a3));
+        }
+        for (; j < ti; j++) {
+            __m512i a = zero;
+            for (int64_t d = 0; d < dim; d += 64)
+                a = _mm512_dpbusd_epi32(a, _mm512_load_si512(qi + d),
+                                        _mm512_load_si512(w->qs + j * dim + d));
+            w->dots[j] = _mm512_reduce_add_epi32(a);
+        }
+        const __m512 si = _mm512_set1_ps(w->scale[ti]), ci = _mm512_set1_ps(w->center[ti]);
+        const __m512 gi = _mm512_set1_ps(w->scale[ti] * w->s_sum_f[ti]
+                                         + (float)dim * w->center[ti]);
+        for (j = 0; j < ti; j += 16) {
+            const __mmask16 keep = keep_of(ti, j);
+            const __m512i sj = _mm512_maskz_load_epi32(keep, w->s_sum + j);
+            const __m512i g = _mm512_sub_epi32(_mm512_maskz_load_epi32(keep, w->dots + j),
+                                               _mm512_slli_epi32(sj, 7));
+            const __m512 inner = _mm512_fmadd_ps(si, _mm512_cvtepi32_ps(g),
+                                                 _mm512_mul_ps(ci, _mm512_cvtepi32_ps(sj)));
+            const __m512 dot = _mm512_fmadd_ps(_mm512_maskz_load_ps(keep, w->scale + j), inner,
+                                               _mm512_mul_ps(gi, _mm512_maskz_load_ps(
+                                                   keep, w->center + j)));
+            _mm512_mask_storeu_ps(tri + 1 + j, keep, dot);
+        }
+        tri += i;
+    }
+}
+
+/* One sample's triangle from bf16 rows with vdpbf16ps (pairs of bf16 products summed in
+ * float32) on the rows as stored, instead of rows widened to float32: half the multiply-adds
+ * and no widening. x (float32) is rounded to bf16 first: exact for amx_bfloat16, whose dense
+ * row is bf16 already. Needs dim % 32 == 0. */
+static BF16 void triangle_bf16(const uint16_t *const *brow, int64_t num_tables, int64_t dim,
+                               const float *x, float *tri, dot_scratch *w) {
+    for (int64_t d = 0; d < dim; d += 32)
+        _mm512_store_si512(w->xb + d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + d + 16),
+                                                                   _mm512_loadu_ps(x + d)));
+    const uint16_t *rows[MAX_ROWS];
+    rows[0] = w->xb;
+    for (int64_t t = 0; t < num_tables; t++) rows[t + 1] = brow[t];
+#define BL(p, d) ((__m512bh)_mm512_loadu_si512((p) + (d)))
+    for (int64_t i = 1; i <= num_tables; i++) {
+        const uint16_t *ri = rows[i];
+        int64_t j = 0;
+        for (; j + 4 <= i; j += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const uint16_t *r0 = rows[j], *r1 = rows[j + 1], *r2 = rows[j + 2], *r3 = rows[j + 3];
+            for (int64_t d = 0; d < dim; d += 32) {
+                const __m512bh v = BL(ri, d);
+                a0 = _mm512_dpbf16_ps(a0, v, BL(r0, d));
+                a1 = _mm512_dpbf16_ps(a1, v, BL(r1, d));
+                a2 = _mm512_dpbf16_ps(a2, v, BL(r2, d));
+                a3 = _mm512_dpbf16_ps(a3, v, BL(r3, d));
+            }
+            _mm_storeu_ps(tri + j, sum4(a0, a1, a2, a3));
+        }
+        for (; j < i; j++) {
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t d = 0; d < dim; d += 32) a = _mm512_dpbf16_ps(a, BL(ri, d), BL(rows[j], d));
+            tri[j] = _mm512_reduce_add_ps(a);
+        }
+        tri += i;
+    }
+#undef BL
+}
+
 /* 16 floats -> uint8: round(v * inv_scale + zero_point), half to even as torch.round, clamped */
 static inline __m128i quantize16(__m512 v, __m512 inv_scale, __m512 zero_point) {
     v = _mm512_fmadd_ps(v, inv_scale, zero_point);
@@ -146,12 +317,19 @@ static void gather_rows(
     int64_t batch, int64_t num_tables, int64_t dim, const float *x, int64_t x_stride,
     const int64_t *ids, int64_t ids_stride_t, int64_t ids_stride_b, const int64_t *table_addr,
     const int64_t *table_rows, int64_t row_bytes, int32_t kind, void *out, int64_t out_stride,
-    int32_t out_kind, float inv_scale, float zero_point, int *bad_id) {
+    int32_t out_kind, float inv_scale, float zero_point, int32_t dots, int *bad_id) {
     const int64_t n = num_tables + 1;
     const int64_t width = dim + n * (n - 1) / 2;
+    /* dots 1: integer (int8 rows, VNNI) or bf16 (bf16 rows, AVX512-BF16) dot products on the
+     * rows as stored; 0: rows in float32 (dequantized or widened in L1) */
+    const int narrow = dots == 1 && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
+                                     || (kind == 2 && dim % 32 == 0
+                                         && __builtin_cpu_supports("avx512bf16")));
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
     float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
     const float *rows[MAX_ROWS];
+    const void *stored[MAX_ROWS];
+    dot_scratch scratch;
 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; b++) {
@@ -172,7 +350,9 @@ static void gather_rows(
                 break;
             }
             const char *row = (const char *)table_addr[t] + id * row_bytes;
-            if (kind == 0) {
+            if (narrow) {
+                stored[t] = row;
+            } else if (kind == 0) {
                 rows[t + 1] = (const float *)row;
             } else {
                 if (kind == 1) dequantize_row((const uint8_t *)row, dim, deq + (t + 1) * dim);
@@ -188,9 +368,17 @@ static void gather_rows(
         float *z = out_kind ? zrow : (float *)out + b * out_stride;
         memcpy(z, rows[0], dim * sizeof(float));
         float *tri = z + dim;
-        for (int64_t i = 1; i < n; i++) {
-            dots_of_row(rows, i, dim, tri);
-            tri += i;
+        if (narrow && kind == 1) {
+            triangle_int8((const uint8_t *const *)stored, num_tables, dim, rows[0], tri,
+                          &scratch);
+        } else if (narrow) {
+            triangle_bf16((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
+                          &scratch);
+        } else {
+            for (int64_t i = 1; i < n; i++) {
+                dots_of_row(rows, i, dim, tri);
+                tri += i;
+            }
         }
         if (out_kind == 1)
             quantize_to(zrow, width, inv_scale, zero_point,
@@ -209,7 +397,7 @@ int dlrm_gather_interact(
     const int64_t *table_addr, const int64_t *table_rows,    /* [T] row-0 addresses, row counts */
     int64_t row_bytes, int32_t kind,
     void *out, int64_t out_stride, int32_t out_kind, float inv_scale, float zero_point,
-    int32_t threads) {
+    int32_t dots, int32_t threads) {
     if (num_tables + 1 > MAX_ROWS || dim > MAX_DIM || dim % 16 != 0 || kind < 0 || kind > 2
         || out_kind < 0 || out_kind > 2)
         return -1;
@@ -217,7 +405,7 @@ int dlrm_gather_interact(
 #pragma omp parallel num_threads(threads) if (threads > 1 && batch >= 32)
     gather_rows(batch, num_tables, dim, x, x_stride, ids, ids_stride_t, ids_stride_b,
                 table_addr, table_rows, row_bytes, kind, out, out_stride, out_kind, inv_scale,
-                zero_point, &bad_id);
+                zero_point, dots, &bad_id);
     return bad_id ? -2 : 0;
 }
 
@@ -229,7 +417,6 @@ int dlrm_gather_interact(
  * layer's input) or float32 (the chain's output). A float32 input is quantized first.
  * Weights packed as [N/16][K/4][16][4] (N and K padded with zero weights), so one 64-byte load
  * holds 4 k's of 16 outputs and one vpdpbusd adds them to 16 accumulators. */
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define MAX_LAYERS 16
 
 typedef struct {
@@ -254,10 +441,6 @@ static inline VNNI int32_t tail_word(const uint8_t *p, int64_t have) {
     return v;
 }
 
-/* The lanes of output block n0..n0+15 that exist in a layer of n outputs. */
-static inline __mmask16 keep_of(int64_t n, int64_t n0) {
-    return n - n0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - n0)) - 1);
-}
 
 /* The 1-wide sigmoid head's kept lanes, as scalars (a vector exp is not worth it for one). */
 static inline void store_sigmoid(float *dst, __m512 y, __mmask16 keep) {
@@ -576,7 +759,6 @@ int dlrm_fmlp_small(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, c
  * padded with zero weights): one 64-byte load holds 2 k's of 16 outputs, multiplied by a
  * broadcast pair of inputs; an odd K's last input goes in alone (its pair's other half 0), so
  * rows need no padding. Tiles as the fp32 kernel's. */
-#define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 typedef struct {
     int64_t k, n;
@@ -780,7 +962,7 @@ typedef struct {
     float x_inv_scale, x_zp, z_inv_scale, z_zp; /* int8: dense input / top input qparams */
     int64_t width;                              /* widest bottom / top layer */
     int64_t num_tables, dim, row_bytes;
-    int32_t table_kind;
+    int32_t table_kind, dots; /* dots: as dlrm_gather_interact's */
     const int64_t *table_addr, *table_rows;
 } dlrm_small_model;
 
@@ -845,7 +1027,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         }
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
-                    q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, &bad_id);
+                    q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
         if (q8)
             qchain(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a, (uint8_t *)b,
                    m->width, out, 1);
