@@ -60,20 +60,29 @@ def torch_path(kind: str, weights: list[torch.Tensor], x, ids) -> torch.Tensor:
     return Interaction(T)(tables.stacked(x, offsets, ids, True)).clone()
 
 
+def expected_dots(kind: str, dots: str, amx: bool) -> str:
+    """How GatherInteraction should compute the dot products on this CPU."""
+    if kind == "fp32" or dots == "float32" or fused.NARROW_DOT_FLAGS[kind] not in cpu_flags():
+        return "float32"
+    amx_ok = fused.AMX_DOT_FLAGS[kind] in cpu_flags() and fused.load().dlrm_amx_ready()
+    return "amx" if amx and amx_ok else "stored"
+
+
 @needs_kernel
-@pytest.mark.parametrize(("kind", "dots"), [("fp32", "auto"), ("int8", "auto"),
-                                            ("int8", "float32")])
+@pytest.mark.parametrize(("kind", "dots", "amx"), [
+    ("fp32", "auto", False), ("int8", "auto", False), ("int8", "float32", False),
+    ("int8", "auto", True)])
 @pytest.mark.parametrize("batch", [1, 7, 300])
-def test_kernel_equals_torch_ops(kind: str, dots: str, batch: int) -> None:
+def test_kernel_equals_torch_ops(kind: str, dots: str, amx: bool, batch: int) -> None:
     """int8 rows: integer dot products on the stored rows (AVX512-VNNI, the default where the
-    CPU has it) and dequantized float32 rows both give the torch ops' float32 results."""
+    CPU has it), their Gram matrix on AMX tiles (where the precision allows AMX: ``amx``) and
+    dequantized float32 rows all give the torch ops' float32 results."""
     tables, x, ids = tables_and_batch(batch)
     if kind == "int8":
         weights = [fuse_tables(tables, "int8")]
         bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
-        kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases, dots=dots)
-        narrow = dots == "auto" and "avx512_vnni" in cpu_flags()
-        assert kernel.dots == ("stored" if narrow else "float32")
+        kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases, dots=dots, amx=amx)
+        assert kernel.dots == expected_dots(kind, dots, amx)
     else:
         weights = tables
         kernel = fused.GatherInteraction(weights, SIZES, "fp32")
@@ -100,11 +109,13 @@ def test_stacked_fp32_table_and_views() -> None:
 
 
 @needs_kernel
-def test_quantized_output_matches_quantize_input() -> None:
+@pytest.mark.parametrize("amx", [False, True])
+def test_quantized_output_matches_quantize_input(amx: bool) -> None:
     tables, x, ids = tables_and_batch(512, seed=5)
     weights = [fuse_tables(tables, "int8")]
     bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
-    kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases)
+    kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases, amx=amx)
+    assert kernel.dots == expected_dots("int8", "auto", amx)
     expected_float = torch_path("int8", weights, x, ids)
     scale, zero_point = float(expected_float.abs().max()) / 120, 128
     expected = q8.QuantizeInput(scale, zero_point)(expected_float)
@@ -535,16 +546,15 @@ def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("dots", ["auto", "float32"])
-def test_bf16_tables_and_output_match_the_bf16_torch_path(dots: str) -> None:
-    """bf16 rows: vdpbf16ps on the stored rows (the default on AVX512-BF16) or rows widened to
-    float32; either way float32 sums of the bf16 products."""
+@pytest.mark.parametrize(("dots", "amx"), [("auto", False), ("float32", False), ("auto", True)])
+def test_bf16_tables_and_output_match_the_bf16_torch_path(dots: str, amx: bool) -> None:
+    """bf16 rows: vdpbf16ps on the stored rows (the default on AVX512-BF16), their Gram matrix
+    on AMX tiles (``amx``) or rows widened to float32; always float32 sums of bf16 products."""
     tables, x, ids = tables_and_batch(200, seed=9)
     stacked = fuse_tables(tables, "bf16")
     bases = EmbeddingTables("bf16", [stacked], SIZES).bases.view(-1).tolist()
-    kernel = fused.GatherInteraction([stacked], SIZES, "bf16", bases=bases, dots=dots)
-    narrow = dots == "auto" and "avx512_bf16" in cpu_flags()
-    assert kernel.dots == ("stored" if narrow else "float32")
+    kernel = fused.GatherInteraction([stacked], SIZES, "bf16", bases=bases, dots=dots, amx=amx)
+    assert kernel.dots == expected_dots("bf16", dots, amx)
     xb = x.bfloat16()
     expected = torch_path("bf16", [stacked], xb, ids).float()
     out = torch.empty(200, WIDTH, dtype=torch.bfloat16)
@@ -562,9 +572,10 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The amx plans use the fused kernels by default (built directly: this host may lack AMX,
-    and the kernels themselves use no AMX); DLRM_BENCH_FUSED=0 gives their torch path (the AMX
-    bmm) back, and the two agree. amx_int8 (VNNI) and amx_bfloat16 (AVX512-BF16) also take
-    small batches in one call, up to their own (lower) limits; bigger ones go to oneDNN."""
+    and the kernels use AMX only for the interaction's Gram matrix, where the CPU has it);
+    DLRM_BENCH_FUSED=0 gives their torch path (the AMX bmm) back, and the two agree. amx_int8
+    (VNNI), amx_bfloat16 (AVX512-BF16) and amx_bfloat32 (AVX-512 fp32) also take small batches
+    in one call, up to their own (lower) limits; bigger ones go to oneDNN."""
     if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
@@ -587,7 +598,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     assert plain.gather is None and with_kernels.gather is not None, with_kernels.kernels
     assert with_kernels.kernels["interaction"].startswith("fused C kernel")
     limits = {"amx_int8": (native.SMALL_AMX_INT8_ROWS_PER_THREAD, "VNNI int8"),
-              "amx_bfloat16": (native.SMALL_AMX_BF16_ROWS_PER_THREAD, "AVX512-BF16 bf16")}
+              "amx_bfloat16": (native.SMALL_AMX_BF16_ROWS_PER_THREAD, "AVX512-BF16 bf16"),
+              "amx_bfloat32": (native.SMALL_AMX_BF32_ROWS_PER_THREAD, "AVX-512 fp32")}
     calls: list[int] = []
     if precision in limits:
         limit, isa = limits[precision]
@@ -602,8 +614,6 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
             return real(d, o, i)
 
         with_kernels.small_forward = counting  # type: ignore[assignment]
-    else:
-        assert with_kernels.small_forward is None, "no bf32 small-batch kernel"
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the limits are per thread: 80 rows are above them, 1 below
     try:

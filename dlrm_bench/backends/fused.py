@@ -46,6 +46,10 @@ OUT_KINDS = {torch.float32: 0, torch.uint8: 1, torch.bfloat16: 2}
 # The CPU flag the dot products on stored rows need, per table kind (fp32 rows: none to gain).
 NARROW_DOT_FLAGS = {"int8": "avx512_vnni", "bf16": "avx512_bf16"}
 NARROW_DOT_DIM = {"int8": 64, "bf16": 32}  # D a multiple of one register's worth of the rows
+# interaction.c's dot-product modes: rows as float32, rows as stored (VNNI / AVX512-BF16), and
+# int8 rows' Gram matrix on AMX tiles
+DOTS = {"float32": 0, "stored": 1, "amx": 2}
+AMX_DOT_FLAGS = {"int8": "amx_int8", "bf16": "amx_bf16"}
 
 
 class KernelUnavailable(RuntimeError):
@@ -147,6 +151,8 @@ def load() -> ctypes.CDLL:
     fn.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int32,
                    ptr, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
                    ctypes.c_int32]
+    lib.dlrm_amx_ready.restype = ctypes.c_int
+    lib.dlrm_amx_ready.argtypes = []
     lib.dlrm_one_hot.restype = ctypes.c_int
     lib.dlrm_one_hot.argtypes = [ptr, i64, i64, i64, i64]
     mlp = lib.dlrm_qmlp_small
@@ -182,11 +188,14 @@ class GatherInteraction:
 
     ``tables``: T tensors (or one stacked tensor plus per-table first rows ``bases``) of float32
     or bfloat16 rows ``[N, D]``, or row-wise int8 rows ``[N, D + 8]`` (uint8). The tensors must
-    stay alive as long as this object: it holds their addresses.
+    stay alive as long as this object: it holds their addresses. ``dots`` (``auto`` or
+    ``float32``) and ``amx`` (the precision may use AMX) choose how the dot products run, in
+    ``self.dots``: ``float32`` rows; ``stored``, the rows as stored (int8 on AVX512-VNNI, bf16 on
+    AVX512-BF16); ``amx``, their Gram matrix on AMX tiles (at most 32 rows with x).
     """
 
     def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], kind: str,
-                 bases: list[int] | None = None, dots: str = "auto") -> None:
+                 bases: list[int] | None = None, dots: str = "auto", amx: bool = False) -> None:
         self.lib = load()
         if kind not in TABLE_KINDS:
             raise KernelUnavailable(f"the fused kernel reads {', '.join(TABLE_KINDS)} tables, "
@@ -216,6 +225,10 @@ class GatherInteraction:
         narrow = (NARROW_DOT_FLAGS.get(kind, "-") in cpu_flags()
                   and self.dim % NARROW_DOT_DIM.get(kind, 1) == 0)
         self.dots = "stored" if dots == "auto" and narrow else "float32"
+        # the Gram matrix on AMX tiles: only where the precision may use AMX (``amx``)
+        if (self.dots == "stored" and amx and self.num_tables + (kind == "bf16") <= 32
+                and AMX_DOT_FLAGS[kind] in cpu_flags() and self.lib.dlrm_amx_ready()):
+            self.dots = "amx"
 
     def one_hot(self, offsets: torch.Tensor, indices: torch.Tensor) -> bool:
         """``EmbeddingTables.one_hot`` in one C call: ``offsets`` ``[T, B]`` is ``arange(B)``
@@ -252,7 +265,7 @@ class GatherInteraction:
             indices.data_ptr(), indices.stride(0), indices.stride(1),
             self.addresses.data_ptr(), self.rows.data_ptr(), self.row_bytes, self.kind,
             out.data_ptr(), out.stride(0), OUT_KINDS[out.dtype], inv_scale, zero_point,
-            int(self.dots == "stored"), torch.get_num_threads())
+            DOTS[self.dots], torch.get_num_threads())
         if code == -2:
             raise IndexError("an embedding id is outside its table")
         if code != 0:
@@ -523,7 +536,7 @@ class SmallForward:
             ctypes.cast(bottom.structs, ctypes.c_void_p), ctypes.cast(top.structs, ctypes.c_void_p),
             bottom.x_inv_scale if int8 else 1.0, bottom.x_zp if int8 else 0.0, z_inv_scale, z_zp,
             max(bottom.width, top.width), gather.num_tables, gather.dim, gather.row_bytes,
-            gather.kind, int(gather.dots == "stored"), gather.addresses.data_ptr(),
+            gather.kind, DOTS[gather.dots], gather.addresses.data_ptr(),
             gather.rows.data_ptr())
         self.model_ref = ctypes.byref(self.model)
         # scratch by batch size: (tensor, its address); a few sizes at most (a last chunk)

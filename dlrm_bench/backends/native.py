@@ -132,6 +132,7 @@ SMALL_FLOAT_ROWS_PER_THREAD = 128
 # 222 / 323.
 SMALL_AMX_INT8_ROWS_PER_THREAD = 16
 SMALL_AMX_BF16_ROWS_PER_THREAD = 8
+SMALL_AMX_BF32_ROWS_PER_THREAD = 16
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -146,6 +147,7 @@ SMALL_PATHS: dict[str, tuple[str, str, int]] = {
     "avx_int8": ("VNNI", "VNNI int8", SMALL_INT8_ROWS_PER_THREAD),
     "amx_int8": ("VNNI", "VNNI int8", SMALL_AMX_INT8_ROWS_PER_THREAD),
     "amx_bfloat16": ("AVX512-BF16", "AVX512-BF16 bf16", SMALL_AMX_BF16_ROWS_PER_THREAD),
+    "amx_bfloat32": ("AVX-512", "AVX-512 fp32", SMALL_AMX_BF32_ROWS_PER_THREAD),
 }
 
 
@@ -197,11 +199,15 @@ class PreparedModel:
         tables = self.tables
         bases = tables.bases.view(-1).tolist() if tables.fused else None
         try:
-            self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind, bases=bases)
+            self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind, bases=bases,
+                                                  amx=self.precision.startswith("amx_"))
         except fused.KernelUnavailable as exc:
             self.kernels = {"interaction": f"torch ops (fused kernel unavailable: {exc})"}
             return
-        self.kernels = {"interaction": "fused C kernel (one-hot batches), torch ops otherwise"}
+        dots = {"float32": "float32", "stored": f"{kind} rows as stored",
+                "amx": f"{kind} Gram matrix on AMX tiles"}[self.gather.dots]
+        self.kernels = {"interaction": f"fused C kernel (one-hot batches; dot products: {dots}), "
+                                       "torch ops otherwise"}
 
     def _build_float(self, packed: bool) -> None:
         gemv = self.precision == "avx_fp32"  # MKL sgemv for single rows (see DenseLinear)

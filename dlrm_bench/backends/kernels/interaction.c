@@ -21,16 +21,20 @@
  * and linked against the OpenMP runtime torch already loaded, so the parallel loop uses the same
  * threads as torch's own ops. Loaded through ctypes, which releases the GIL during the call.
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define MAX_ROWS 64   /* T + 1 */
 #define MAX_DIM 512
 #define PREFETCH_AHEAD 2 /* samples: DRAM latency of random rows hides behind 2 samples' work */
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,amx-tile,amx-int8,amx-bf16")))
 
 int dlrm_kernel_abi(void) { return 10; }
 
@@ -143,7 +147,106 @@ typedef struct {
     float scale[MAX_ROWS] __attribute__((aligned(64)));
     float center[MAX_ROWS] __attribute__((aligned(64)));          /* c = bias + 128 scale */
     float xq[MAX_ROWS] __attribute__((aligned(64)));              /* sum x q' */
+    int32_t s_raw[MAX_ROWS] __attribute__((aligned(64)));         /* S = sum q */
+    int32_t gram[32 * 32] __attribute__((aligned(64)));           /* AMX: Q Q^T (or float) */
+    uint8_t packed[2 * (MAX_DIM / 32) * 1024] __attribute__((aligned(64)));
 } dot_scratch;
+
+/* AMX for the int8 interaction's Gram matrix (amx_int8 only: the caller passes dots = 2 only for
+ * the amx_* precisions, whose ISA includes AMX). Linux hands out AMX state per process on
+ * request; torch's oneDNN asks too, but only once it runs an AMX kernel itself. */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* 1 when the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use them. */
+int dlrm_amx_ready(void) {
+    static int ready = -1;
+    if (ready < 0) {
+        unsigned a, b, c, d;
+        ready = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1)
+                && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    }
+    return ready;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* tiles 0-6: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 rows x 64 uint8; B: 16 x 64 packed).
+ * A constant in memory: gcc 12 dropped the stores that filled a local config before ldtilecfg
+ * (it does not see the instruction read them), leaving every tile unconfigured. */
+static const tile_config TILES __attribute__((aligned(64))) = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16},
+};
+
+static AMX void amx_configure(void) { _tile_loadconfig(&TILES); }
+
+static AMX void amx_release(void) { _tile_release(); }
+
+/* dst row k = the k-th int32 of src rows 0..15 (src rows src_stride bytes apart): the transposed
+ * 16 x 16 block of 4-byte groups that a TDPBUUD B tile wants (VNNI layout). */
+static inline void transpose16_epi32(const uint8_t *src, int64_t src_stride, uint8_t *dst) {
+    __m512i r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(src + i * src_stride);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 16; i += 8) {
+        for (int j = 0; j < 4; j++) {
+            t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+            t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+        }
+    }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+    }
+    for (int i = 0; i < 16; i++) _mm512_store_si512(dst + i * 64, r[i]);
+}
+
+/* The Gram matrix G = R R^T of one sample's (at most 32) rows on AMX, of its lower triangle only
+ * the three 16 x 16 blocks (rows 0-15 x columns 0-15, rows 16-31 x columns 0-31). R: 32 rows of
+ * row_bytes (rows past the real ones zero); gram: 32 x 32 int32 (uint8 rows, TDPBUUD: exact) or
+ * float32 (bf16 rows, TDPBF16PS: float32 sums). The B tiles are R's 16-row blocks transposed by
+ * 4-byte groups (4 uint8 or 2 bf16 of one row: the VNNI layout). */
+#define GRAM_AMX(name, dot)                                                                    \
+    static AMX void name(const uint8_t *r, int64_t row_bytes, uint8_t *packed, void *gram) {   \
+        const int64_t chunks = row_bytes / 64;                                                 \
+        for (int64_t nb = 0; nb < 2; nb++)                                                     \
+            for (int64_t kc = 0; kc < chunks; kc++)                                            \
+                transpose16_epi32(r + nb * 16 * row_bytes + kc * 64, row_bytes,                \
+                                  packed + (nb * chunks + kc) * 1024);                         \
+        _tile_zero(0);                                                                         \
+        _tile_zero(1);                                                                         \
+        _tile_zero(2);                                                                         \
+        for (int64_t kc = 0; kc < chunks; kc++) {                                              \
+            _tile_loadd(3, r + kc * 64, row_bytes);                                            \
+            _tile_loadd(4, r + 16 * row_bytes + kc * 64, row_bytes);                           \
+            _tile_loadd(5, packed + kc * 1024, 64);                                            \
+            _tile_loadd(6, packed + (chunks + kc) * 1024, 64);                                 \
+            dot(0, 3, 5);                                                                      \
+            dot(1, 4, 5);                                                                      \
+            dot(2, 4, 6);                                                                      \
+        }                                                                                      \
+        _tile_stored(0, gram, 128);                                                            \
+        _tile_stored(1, (char *)gram + 16 * 128, 128);                                         \
+        _tile_stored(2, (char *)gram + 16 * 128 + 64, 128);                                    \
+    }
+GRAM_AMX(gram_u8_amx, _tile_dpbuud)
+GRAM_AMX(gram_bf16_amx, _tile_dpbf16ps)
+#undef GRAM_AMX
 
 /* One sample's triangle from row-wise uint8 rows with integer dot products (AVX512-VNNI)
  * instead of dequantized float rows: about half the instructions. Table row t is
@@ -155,7 +258,7 @@ typedef struct {
  * vpdpbusd multiplies u8 by s8: sum q_i q'_j = G'_ij + 128 S'_j. The dense row x meets the rows
  * in float32: dot(x, v_j) = s_j sum x q'_j + c_j sum x. tri: row i (1..T) holds dot(i, 0..i-1). */
 static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, int64_t dim,
-                               const float *x, float *tri, dot_scratch *w) {
+                               const float *x, float *tri, dot_scratch *w, int amx) {
     const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
     for (int64_t t = 0; t < num_tables; t++) {
         const uint8_t *row = trow[t];
@@ -171,7 +274,8 @@ static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, i
         float scale, bias;
         memcpy(&scale, row + dim, 4);
         memcpy(&bias, row + dim + 4, 4);
-        w->s_sum[t] = (int32_t)_mm512_reduce_add_epi64(sad) - 128 * (int32_t)dim;
+        w->s_raw[t] = (int32_t)_mm512_reduce_add_epi64(sad);
+        w->s_sum[t] = w->s_raw[t] - 128 * (int32_t)dim;
         w->s_sum_f[t] = (float)w->s_sum[t];
         w->scale[t] = scale;
         w->center[t] = bias + 128.0f * scale;
@@ -200,11 +304,18 @@ static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, i
         w->xq[t] = _mm512_reduce_add_ps(a);
     }
 #undef QF
+    if (amx) gram_u8_amx(w->qu, dim, w->packed, w->gram);
     for (int64_t i = 1; i <= num_tables; i++) {
         const int64_t ti = i - 1; /* table row of S row i; S rows 1..i-1 are table rows 0..i-2 */
         tri[0] = w->scale[ti] * w->xq[ti] + w->center[ti] * x_sum;
         const uint8_t *qi = w->qu + ti * dim;
         int64_t j = 0;
+        if (amx) { /* sum q_i q'_j = G_ij - 128 S_i */
+            const __m512i si128 = _mm512_set1_epi32(128 * w->s_raw[ti]);
+            for (; j < ti; j += 16)
+                _mm512_store_si512(w->dots + j, _mm512_sub_epi32(
+                    _mm512_load_si512(w->gram + ti * 32 + j), si128));
+        }
         for (; j + 4 <= ti; j += 4) {
             __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
             const int8_t *q0 = w->qs + j * dim;
@@ -281,6 +392,29 @@ static BF16 void triangle_bf16(const uint16_t *const *brow, int64_t num_tables, 
 #undef BL
 }
 
+/* One sample's triangle from bf16 rows on AMX: x (rounded to bf16, exact for amx_bfloat16) and
+ * the T <= 31 rows copied into 32 rows of a tile buffer (rows past them zero), their Gram matrix
+ * by TDPBF16PS (float32 sums of the bf16 products, as vdpbf16ps), its lower triangle copied out. */
+static AMX void triangle_bf16_amx(const uint16_t *const *brow, int64_t num_tables, int64_t dim,
+                                  const float *x, float *tri, dot_scratch *w) {
+    uint16_t *r = (uint16_t *)w->qu;
+    for (int64_t d = 0; d < dim; d += 32)
+        _mm512_store_si512(r + d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + d + 16),
+                                                               _mm512_loadu_ps(x + d)));
+    for (int64_t t = 0; t < num_tables; t++)
+        for (int64_t d = 0; d < dim; d += 32)
+            _mm512_store_si512(r + (t + 1) * dim + d, _mm512_loadu_si512(brow[t] + d));
+    gram_bf16_amx((const uint8_t *)r, dim * 2, w->packed, w->gram);
+    const float *g = (const float *)w->gram;
+    for (int64_t i = 1; i <= num_tables; i++) {
+        for (int64_t j = 0; j < i; j += 16) {
+            const __mmask16 keep = keep_of(i, j);
+            _mm512_mask_storeu_ps(tri + j, keep, _mm512_maskz_load_ps(keep, g + i * 32 + j));
+        }
+        tri += i;
+    }
+}
+
 /* 16 floats -> uint8: round(v * inv_scale + zero_point), half to even as torch.round, clamped */
 static inline __m128i quantize16(__m512 v, __m512 inv_scale, __m512 zero_point) {
     v = _mm512_fmadd_ps(v, inv_scale, zero_point);
@@ -322,14 +456,21 @@ static void gather_rows(
     const int64_t width = dim + n * (n - 1) / 2;
     /* dots 1: integer (int8 rows, VNNI) or bf16 (bf16 rows, AVX512-BF16) dot products on the
      * rows as stored; 0: rows in float32 (dequantized or widened in L1) */
-    const int narrow = dots == 1 && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
+    const int narrow = dots >= 1 && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
                                      || (kind == 2 && dim % 32 == 0
                                          && __builtin_cpu_supports("avx512bf16")));
+    /* dots 2: the Gram matrix on AMX tiles (int8: up to 32 tables; bf16: 31, with x) */
+    const int amx = narrow && dots == 2 && num_tables + (kind == 2) <= 32 && dlrm_amx_ready();
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
     float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
     const float *rows[MAX_ROWS];
     const void *stored[MAX_ROWS];
     dot_scratch scratch;
+    if (amx) { /* the A tiles read 32 rows: those past the tables (and x) stay zero */
+        const int64_t used = num_tables + (kind == 2), row_bytes = kind == 2 ? 2 * dim : dim;
+        memset(scratch.qu + used * row_bytes, 0, (32 - used) * row_bytes);
+        amx_configure();
+    }
 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; b++) {
@@ -370,7 +511,10 @@ static void gather_rows(
         float *tri = z + dim;
         if (narrow && kind == 1) {
             triangle_int8((const uint8_t *const *)stored, num_tables, dim, rows[0], tri,
-                          &scratch);
+                          &scratch, amx);
+        } else if (narrow && amx) {
+            triangle_bf16_amx((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
+                              &scratch);
         } else if (narrow) {
             triangle_bf16((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
                           &scratch);
@@ -386,6 +530,7 @@ static void gather_rows(
         else if (out_kind == 2)
             narrow_to_bf16(zrow, width, (uint16_t *)out + b * out_stride);
     }
+    if (amx) amx_release();
 }
 
 /* Returns 0; -1 for arguments the kernel does not handle (the caller checks first); -2 when an
