@@ -16,9 +16,10 @@ amx_int8                                         cap), requantize + ReLU fused
 ============== =========== ===================== =============================================
 
 With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
-call; small batches through the whole forward in one call (up to 128 rows per thread for avx_fp32
-and avx_int8, 16 for amx_int8, 8 for amx_bfloat16; none for amx_bfloat32); avx_fp32 runs bigger
-batches through that call too, in chunks of that size.
+call (the amx_* plans' int8 / bf16 Gram matrices on AMX tiles); small batches through the whole
+forward in one call (up to 128 rows per thread for avx_fp32 and avx_int8, 32 for amx_int8, 16 for
+amx_bfloat32, 8 for amx_bfloat16); avx_fp32 runs bigger batches through that call too, in chunks
+of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -116,21 +117,22 @@ PACK_BATCH_HINT = 1024
 #   fp32, 2 threads: 1 row 67 / 189, 16 rows 226 / 357, 256 3207 / 3321; 512 6296 / 6222
 SMALL_INT8_ROWS_PER_THREAD = 128
 SMALL_FLOAT_ROWS_PER_THREAD = 128
-# The amx_* plans' one-call paths use no AMX: amx_int8 the VNNI kernel (every AMX CPU has
+# The amx_* plans' one-call paths use no AMX GEMMs: amx_int8 the VNNI kernel (every AMX CPU has
 # AVX512-VNNI), amx_bfloat16 a bf16 kernel (AVX512-BF16 vdpbf16ps; bf16 rows between layers as
-# oneDNN's bf16 linears, the head in float32). Their limits are lower than at avx_*, because
-# there the general path's GEMMs run on AMX, and are estimates until measured on AMX
-# (benchmarks/small_batch.py --precisions amx_int8,amx_bfloat16; device_scale.sh runs it). The
-# estimate, per thread: the general path on AMX costs its fixed part, measured here (the general
-# path minus what its GEMMs take at the one call's speed: ~124 us int8, ~110 us bf16 at 1 thread),
-# plus its weights streamed once from L3 (2.4 MB int8, 4.4 MB bf16: ~50-90 us); the one call
-# costs what it costs here (same AVX-512 instructions). One thread, us per batch, one call here
-# against that estimate: int8 16 rows 134 vs ~172, 64 rows 461 vs ~190; bf16 8 rows 121 vs
-# ~185, 16 rows 222 vs ~185. Measured on the AMD VM (amx plans, oneDNN with VNNI / AVX512-BF16,
-# one call / general path, us): amx_int8 2 threads batch 1 27.5 / 217; amx_bfloat16 2 threads
-# 1 row 44 / 162, 4 rows 48 / 152, 16 rows 120 / 259, 64 rows 417 / 531, 1 thread 16 rows
-# 222 / 323.
-SMALL_AMX_INT8_ROWS_PER_THREAD = 16
+# oneDNN's bf16 linears, the head in float32), amx_bfloat32 the fp32 kernel (fp32 is what the
+# bf32 math mode approximates). Their limits are lower than at avx_*, because the general path's
+# GEMMs run on AMX. Measured on an AMX Xeon (2 cores of a VM, terabyte-small,
+# benchmarks/small_batch.py, benchmarks/results/small-batch-amx-xeon.json), us per batch, one
+# call / general path, same process, alternating, median of 3:
+#   amx_int8,     1 thread:  16 rows 270 / 517, 32 rows 473 / 613, 64 747 / 769, 128 1362 / 1049
+#                 2 threads: 1 row 31 / 324, 64 rows 438 / 587, 128 798 / 788
+#   amx_bfloat16, 1 thread:  4 rows 286 / 581, 16 rows 842 / 653
+#                 2 threads: 1 row 120 / 390, 4 rows 177 / 403, 16 rows 496 / 469
+#   amx_bfloat32, 1 thread:  16 rows 927 / 1231, 32 rows 1569 / 1764, 64 2538 / 1640
+#                 2 threads: 1 row 276 / 1031, 16 rows 502 / 803, 128 2410 / 1407
+# The bf16 and fp32 one-call paths are bound by streaming their weights (4.4 and 9.5 MB) from
+# L3 at each batch, hence the early crossovers.
+SMALL_AMX_INT8_ROWS_PER_THREAD = 32
 SMALL_AMX_BF16_ROWS_PER_THREAD = 8
 SMALL_AMX_BF32_ROWS_PER_THREAD = 16
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
