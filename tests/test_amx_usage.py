@@ -45,10 +45,12 @@ def batch(n, seed):
         offsets=torch.arange(n).expand(spec.num_tables, n).contiguous(),
         indices=torch.stack([torch.randint(0, k, (n,), generator=g) for k in spec.table_sizes]))
 prepared = native.prepare(model, sys.argv[1], calibration=[batch(256, 1), batch(256, 2)])
-# avx_fp32 runs big one-hot batches through its AVX-512 C kernel in chunks; off here, so that
-# oneDNN's fp32 GEMMs (its path without the kernel, and for multi-id bags) are what is checked
+# The one-call C paths (small batches; avx_fp32's and amx_bfloat32's big ones in chunks; the
+# amx bf16 chains there run on their own AMX tiles) are off here, so that oneDNN's GEMMs (the
+# path without the kernels, and for multi-id bags) are what is checked
 prepared.small_chunks = False
-for seed in range(3):  # 512 rows: above the small-batch C kernels' limit, so oneDNN runs
+prepared.small_rows_per_thread = 0
+for seed in range(3):
     b = batch(512, 10 + seed)
     out = prepared(b.dense, b.offsets, b.indices)
 assert out.shape == (512, 1)

@@ -600,12 +600,15 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     limits = {"amx_int8": (native.SMALL_AMX_INT8_ROWS_PER_THREAD, "VNNI int8"),
               "amx_bfloat16": (native.SMALL_AMX_BF16_ROWS_PER_THREAD, "AVX512-BF16 bf16"),
               "amx_bfloat32": (native.SMALL_AMX_BF32_ROWS_PER_THREAD, "AVX-512 fp32")}
+    tiles = precision != "amx_int8" and fused.amx_bf16_ready()
+    if tiles:  # the bf16 chains on AMX tiles (amx_bfloat32's with its weights rounded to bf16)
+        limits[precision] = (native.SMALL_AMX_TILES_ROWS_PER_THREAD, "AMX bf16")
     calls: list[int] = []
     if precision in limits:
         limit, isa = limits[precision]
-        assert limit < native.SMALL_INT8_ROWS_PER_THREAD
         assert with_kernels.kernels["small_batches"] == (
             f"one C call ({isa} MLPs) up to {limit} rows per thread")
+        assert with_kernels.small_chunks == (tiles and precision == "amx_bfloat32")
         assert with_kernels.small_forward is not None
         real = with_kernels.small_forward
 
@@ -615,7 +618,7 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
 
         with_kernels.small_forward = counting  # type: ignore[assignment]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the limits are per thread: 80 rows are above them, 1 below
+    torch.set_num_threads(1)  # the limits are per thread: 80 rows are above most, 1 below
     try:
         for rows in (n, 1, 3, 16):
             a = with_kernels(dense[:rows], offsets[:, :rows], ids[:, :rows])
@@ -624,4 +627,39 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     finally:
         torch.set_num_threads(before)
     if precision in limits:
-        assert calls == [rows for rows in (1, 3, 16) if rows <= limits[precision][0]]
+        assert calls == [rows for rows in (n, 1, 3, 16) if rows <= limits[precision][0]]
+
+
+@pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: int) -> None:
+    """The one-call bf16 chains on AMX tiles (16-row blocks, 32-wide k chunks read past the rows
+    and k's in use) give the AVX512-BF16 chains' results for row counts inside and across
+    blocks; amx_bfloat32 runs them with its weights rounded to bf16 and stays near fp32."""
+    if not (HAS_KERNEL_CPU and fused.amx_bf16_ready()):
+        pytest.skip("needs AMX-BF16 tiles")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    batch = make_batch(spec, 40, seed=4)
+    plan = native.PLANS[precision]
+    with torch.inference_mode():
+        state = native._float_state(model, plan["dtype"], plan["tables"])
+        prepared = native.PreparedModel(precision, spec, state)
+        small = prepared.small_forward
+        assert small is not None and small.amx and small.model.amx == 1
+        reference = model(batch.dense, batch.offsets, batch.indices)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for rows in (1, 3, 16, 17, 40):
+                args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
+                small.model.amx = 1
+                tiles = small(*args)
+                small.model.amx = 0
+                avx512 = small(*args)
+                small.model.amx = 1
+                assert tiles is not None and not tiles.isnan().any()
+                torch.testing.assert_close(tiles, avx512, rtol=0, atol=1e-3)
+                assert float((tiles - reference[:rows]).abs().max()) < 2e-2
+        finally:
+            torch.set_num_threads(before)

@@ -174,6 +174,11 @@ def load() -> ctypes.CDLL:
     return lib
 
 
+def amx_bf16_ready() -> bool:
+    """True when the CPU has AMX-BF16 and Linux lets this process use the tiles."""
+    return "amx_bf16" in cpu_flags() and bool(load().dlrm_amx_ready())
+
+
 def unavailable_reason() -> str | None:
     """None when the kernel loads here, else why it does not."""
     try:
@@ -416,8 +421,9 @@ class SmallFMLP:
 class BLayer(ctypes.Structure):
     """``dlrm_blayer`` of ``interaction.c``: one bfloat16 linear of a small-batch chain."""
 
-    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("post", ctypes.c_int32), ("out", ctypes.c_int32)]
+    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("kp", ctypes.c_int64),
+                ("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("post", ctypes.c_int32),
+                ("out", ctypes.c_int32)]
 
 
 # dlrm_blayer.out: what a bf16 layer stores
@@ -433,9 +439,12 @@ class SmallBMLP:
     linears do. ``out``: the last layer's output, ``"bf16-as-float32"`` (rounded to bf16, stored
     as float32: a bf16 bottom MLP's output as the interaction reads it) or ``"float32"`` (the
     head's, not rounded). ``float_input``: the chain takes float32 rows and rounds them to bf16.
+    ``round_weights``: float32 weights are rounded to bf16 (amx_bfloat32: what oneDNN's bf16
+    math mode does with them on AMX), instead of refused.
     """
 
-    def __init__(self, layers: list, out: str = "float32", float_input: bool = False) -> None:
+    def __init__(self, layers: list, out: str = "float32", float_input: bool = False,
+                 round_weights: bool = False) -> None:
         self.lib = load()
         if "avx512_bf16" not in cpu_flags():
             raise KernelUnavailable("the CPU lacks avx512_bf16")
@@ -447,7 +456,7 @@ class SmallBMLP:
         self.structs = (BLayer * len(layers))()
         for i, layer in enumerate(layers):
             weight = layer.weight
-            if weight.dtype != torch.bfloat16 and not torch.equal(
+            if weight.dtype != torch.bfloat16 and not round_weights and not torch.equal(
                     weight, weight.bfloat16().to(weight.dtype)):
                 raise KernelUnavailable("the small bf16 MLP takes bf16 weights")
             self.structs[i] = self._layer(layer, B_OUT[out if i == len(layers) - 1 else "bf16"])
@@ -460,14 +469,16 @@ class SmallBMLP:
 
     def _layer(self, layer, out: int) -> BLayer:
         n, k = layer.weight.shape
-        n16, k2 = -(-n // 16) * 16, -(-k // 2) * 2
-        padded = torch.zeros(n16, k2, dtype=torch.bfloat16)
+        # K padded to 32 with zero weights: whole 32-k chunks for the AMX tiles
+        n16, k32 = -(-n // 16) * 16, -(-k // 32) * 32
+        padded = torch.zeros(n16, k32, dtype=torch.bfloat16)
         padded[:n, :k] = layer.weight
-        # [N/16, 16, K/2, 2] -> [N/16, K/2, 16, 2]: 2 k's of 16 outputs per 64-byte load
-        packed = padded.view(n16 // 16, 16, k2 // 2, 2).permute(0, 2, 1, 3).contiguous()
+        # [N/16, 16, K/2, 2] -> [N/16, K/2, 16, 2]: 2 k's of 16 outputs per 64-byte load, which
+        # is also an AMX B tile's layout (16 pairs of k x 16 outputs per 1 KB)
+        packed = padded.view(n16 // 16, 16, k32 // 2, 2).permute(0, 2, 1, 3).contiguous()
         bias = layer.bias.detach().float().contiguous()
         self.keep += [packed, bias]
-        return BLayer(k, n, packed.data_ptr(), bias.data_ptr(), POSTS[layer.post], out)
+        return BLayer(k, n, k32 // 2, packed.data_ptr(), bias.data_ptr(), POSTS[layer.post], out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[M, K]`` bf16 (float32 with ``float_input``) -> ``[M, N]`` float32."""
@@ -499,7 +510,7 @@ class SmallModel(ctypes.Structure):
                 ("dim", ctypes.c_int64), ("row_bytes", ctypes.c_int64),
                 ("table_kind", ctypes.c_int32), ("dots", ctypes.c_int32),
                 ("table_addr", ctypes.c_void_p),
-                ("table_rows", ctypes.c_void_p)]
+                ("table_rows", ctypes.c_void_p), ("amx", ctypes.c_int32)]
 
 
 class SmallForward:
@@ -508,13 +519,14 @@ class SmallForward:
     parallel region. ``bottom`` / ``top``: ``SmallFMLP``s; or ``SmallQMLP``s (bottom with
     ``float_input``, top with ``sigmoid``) with ``quantize``, the top input's (scale, zero
     point); or ``SmallBMLP``s (bottom ``out="bf16-as-float32"``, top ``out="float32"``; the
-    interaction then rounded to bf16). Holds references to all of them: their structs and
+    interaction then rounded to bf16; ``amx``: the precision may use AMX, and the bf16 chains
+    run on AMX tiles where the CPU has them). Holds references to all of them: their structs and
     tensors must stay alive.
     """
 
     def __init__(self, gather: GatherInteraction, bottom: SmallQMLP | SmallFMLP | SmallBMLP,
                  top: SmallQMLP | SmallFMLP | SmallBMLP,
-                 quantize: tuple[float, int] | None = None) -> None:
+                 quantize: tuple[float, int] | None = None, amx: bool = False) -> None:
         self.lib = load()
         int8 = isinstance(bottom, SmallQMLP)
         bf16 = isinstance(bottom, SmallBMLP)
@@ -530,6 +542,8 @@ class SmallForward:
             raise ValueError(f"chains of {bottom.k}->{bottom.n} and {top.k}->{top.n} do not fit "
                              f"an interaction of {gather.dim} -> {gather.width}")
         self.parts = (gather, bottom, top)
+        # bf16 chains on AMX tiles: where the precision may use AMX (``amx``) and the CPU has it
+        self.amx = bool(amx and bf16 and amx_bf16_ready())
         z_inv_scale, z_zp = (1.0 / quantize[0], float(quantize[1])) if quantize else (1.0, 0.0)
         self.model = SmallModel(
             2 if bf16 else int(int8), len(bottom.structs), len(top.structs),
@@ -537,7 +551,7 @@ class SmallForward:
             bottom.x_inv_scale if int8 else 1.0, bottom.x_zp if int8 else 0.0, z_inv_scale, z_zp,
             max(bottom.width, top.width), gather.num_tables, gather.dim, gather.row_bytes,
             gather.kind, DOTS[gather.dots], gather.addresses.data_ptr(),
-            gather.rows.data_ptr())
+            gather.rows.data_ptr(), int(self.amx))
         self.model_ref = ctypes.byref(self.model)
         # scratch by batch size: (tensor, its address); a few sizes at most (a last chunk)
         self.scratch: dict[int, tuple[torch.Tensor, int]] = {}
@@ -546,7 +560,8 @@ class SmallForward:
         if len(self.scratch) >= 8:
             self.scratch.clear()
         size = self.lib.dlrm_small_scratch_bytes(self.model_ref, rows)
-        buffer = torch.empty(size, dtype=torch.uint8)
+        # zeros: the AMX chains read past the rows and k's they use (finite values needed)
+        buffer = torch.zeros(size, dtype=torch.uint8)
         address = buffer.data_ptr()
         self.scratch[rows] = (buffer, address)
         return address

@@ -135,6 +135,15 @@ SMALL_FLOAT_ROWS_PER_THREAD = 128
 SMALL_AMX_INT8_ROWS_PER_THREAD = 32
 SMALL_AMX_BF16_ROWS_PER_THREAD = 8
 SMALL_AMX_BF32_ROWS_PER_THREAD = 16
+# amx_bfloat16 and amx_bfloat32 where the one-call bf16 chains run on AMX tiles (TDPBF16PS, 16
+# rows x 64 outputs per group; fused.SmallForward(amx=True)): the general path's oneDNN calls
+# cost more than the whole chain up to a few hundred rows. Same machine and benchmark,
+# amx_bfloat16, us per batch, one call / general path: 1 thread 16 rows 341 / 814, 128 rows
+# 1005 / 1592, 512 rows 3348 / 4129, 1024 rows 7680 / 7206; 2 threads 16 rows 223 / 594, 1024
+# rows 4562 / 5509 (benchmarks/results/small-batch-amx-tiles.json). amx_bfloat32, whose general
+# path is slower: 1 thread 16 rows 358 / 1281, 1024 rows 9772 / 14121; 2 threads 1024 rows
+# 5230 / 6452 (small-batch-amx-bf32-tiles.json): it runs bigger batches in chunks of that call.
+SMALL_AMX_TILES_ROWS_PER_THREAD = 512
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -257,23 +266,33 @@ class PreparedModel:
         bf16."""
         assert self.gather is not None
         int8 = self.top_qparams is not None
-        bf16 = self.precision == "amx_bfloat16"
+        # bf16 chains: amx_bfloat16's; amx_bfloat32's too where they run on AMX tiles (weights
+        # rounded to bf16 as oneDNN's bf16 math mode does), else its fp32 chains
+        bf32_tiles = self.precision == "amx_bfloat32" and fused.amx_bf16_ready()
+        bf16 = self.precision == "amx_bfloat16" or bf32_tiles
         isa, mlps, limit = SMALL_PATHS[self.precision]
         try:
             if int8:
                 bottom = fused.SmallQMLP(self.bottom, float_input=True)
                 top = fused.SmallQMLP(self.top, sigmoid=True)
             elif bf16:
-                bottom = fused.SmallBMLP(self.bottom, out="bf16-as-float32", float_input=True)
-                top = fused.SmallBMLP(self.top, out="float32")
+                bottom = fused.SmallBMLP(self.bottom, out="bf16-as-float32", float_input=True,
+                                         round_weights=bf32_tiles)
+                top = fused.SmallBMLP(self.top, out="float32", round_weights=bf32_tiles)
             else:
                 bottom, top = fused.SmallFMLP(self.bottom), fused.SmallFMLP(self.top)
-            self.small_forward = fused.SmallForward(self.gather, bottom, top, self.top_qparams)
+            self.small_forward = fused.SmallForward(self.gather, bottom, top, self.top_qparams,
+                                                    amx=self.precision.startswith("amx_"))
         except fused.KernelUnavailable as exc:
             self.kernels["small_batches"] = f"as big ones ({isa} kernel unavailable: {exc})"
             return
+        if self.small_forward.amx:
+            mlps, limit = "AMX bf16", SMALL_AMX_TILES_ROWS_PER_THREAD
         self.small_rows_per_thread = limit
-        self.small_chunks = self.precision == "avx_fp32" and SMALL_FLOAT_CHUNKS_BIG_BATCHES
+        # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations) and
+        # amx_bfloat32 on tiles (ahead of oneDNN's bf32 linears up to 1024 rows per thread)
+        self.small_chunks = bf32_tiles or (self.precision == "avx_fp32"
+                                           and SMALL_FLOAT_CHUNKS_BIG_BATCHES)
         self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
         if self.small_chunks:
             self.kernels["big_batches"] = f"the same C call, in chunks of {limit} rows per thread"

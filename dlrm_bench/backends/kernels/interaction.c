@@ -175,13 +175,14 @@ typedef struct {
     uint8_t rows[16];
 } tile_config;
 
-/* tiles 0-6: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 rows x 64 uint8; B: 16 x 64 packed).
+/* tiles 0-7: 16 rows of 64 bytes (C: 16 x 16 int32 / float32; A: 16 rows x 64 bytes; B: 16 x 64
+ * bytes, packed).
  * A constant in memory: gcc 12 dropped the stores that filled a local config before ldtilecfg
  * (it does not see the instruction read them), leaving every tile unconfigured. */
 static const tile_config TILES __attribute__((aligned(64))) = {
     .palette = 1,
-    .colsb = {64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16},
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
 
 static AMX void amx_configure(void) { _tile_loadconfig(&TILES); }
@@ -907,6 +908,7 @@ int dlrm_fmlp_small(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, c
 
 typedef struct {
     int64_t k, n;
+    int64_t kp; /* pairs of k per 16-output block in w: K/2 rounded up to a multiple of 16 */
     const uint16_t *w;
     const float *bias;
     int32_t post; /* 0 none, 1 relu, 2 sigmoid */
@@ -956,7 +958,7 @@ static inline BF16 void bstore(const dlrm_blayer *L, __m512 acc, int64_t n0, voi
     const __m512bh v3 = (__m512bh)_mm512_loadu_si512(w3 + 32 * (j))
 #define BSTORE4(a, row) STORE_BLOCKS(bstore, a, row)
 #define BBLOCK_POINTERS \
-    const int64_t K = L->k, P = K / 2, KP = (K + 1) / 2; \
+    const int64_t K = L->k, P = K / 2, KP = L->kp; \
     const uint16_t *w0 = L->w + blk * KP * 32; \
     const uint16_t *w1 = w0 + (nb > 1 ? KP * 32 : 0), *w2 = w0 + (nb > 2 ? 2 * KP * 32 : 0); \
     const uint16_t *w3 = w0 + (nb > 3 ? 3 * KP * 32 : 0)
@@ -1051,6 +1053,76 @@ static BF16 void bchain(int64_t rows, const dlrm_blayer *layers, int32_t n_layer
     }
 }
 
+/* A group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBF16PS): C tiles 0-3, the
+ * rows' 32-k chunk in tile 4, the weights' 16 pairs x 16 outputs in tiles 5-7 (w's packing is
+ * the VNNI layout B tiles want, K padded to 32 with zero weights). Reads 16-row blocks of x and
+ * 32-wide k chunks: x must have readable, finite values past its rows (to a multiple of 16) and
+ * past k (zero weights meet them). */
+static AMX void bgroup_amx(const dlrm_blayer *L, int nb, int64_t blk, const uint16_t *x,
+                           int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
+    const int64_t chunks = (L->k + 31) / 32, kp = L->kp;
+    float c[16 * 64] __attribute__((aligned(64)));
+    const uint16_t *w = L->w + blk * kp * 32;
+    for (int64_t m0 = 0; m0 < rows; m0 += 16) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t kc = 0; kc < chunks; kc++) {
+            const uint16_t *wk = w + kc * 16 * 32;
+            _tile_loadd(4, x + m0 * x_stride + kc * 32, x_stride * 2);
+            _tile_loadd(5, wk, 64);
+            _tile_dpbf16ps(0, 4, 5);
+            if (nb > 1) {
+                _tile_loadd(6, wk + kp * 32, 64);
+                _tile_dpbf16ps(1, 4, 6);
+            }
+            if (nb > 2) {
+                _tile_loadd(7, wk + 2 * kp * 32, 64);
+                _tile_dpbf16ps(2, 4, 7);
+            }
+            if (nb > 3) {
+                _tile_loadd(5, wk + 3 * kp * 32, 64);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+        }
+        _tile_stored(0, c, 256);
+        _tile_stored(1, c + 16, 256);
+        _tile_stored(2, c + 32, 256);
+        _tile_stored(3, c + 48, 256);
+        for (int64_t m = m0; m < rows && m < m0 + 16; m++)
+            for (int b = 0; b < nb; b++)
+                bstore(L, _mm512_load_ps(c + (m - m0) * 64 + b * 16), (blk + b) * 16, out, m,
+                       out_stride);
+    }
+}
+
+/* bchain on AMX tiles (amx_bfloat16's small batches): the same layers, packing and rounding;
+ * the groups of 64 outputs shared out as bchain's. */
+static AMX void bchain_amx(int64_t rows, const dlrm_blayer *layers, int32_t n_layers,
+                           const uint16_t *x, int64_t x_stride, uint16_t *scratch_a,
+                           uint16_t *scratch_b, int64_t scratch_stride, void *out,
+                           int64_t out_stride) {
+    amx_configure();
+    const uint16_t *in = x;
+    int64_t in_stride = x_stride;
+    for (int32_t l = 0; l < n_layers; l++) {
+        const dlrm_blayer *L = &layers[l];
+        const int last = l + 1 == n_layers;
+        void *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
+        const int64_t dst_stride = last ? out_stride : scratch_stride;
+        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+            bgroup_amx(L, nb, 4 * g, in, in_stride, rows, dst, dst_stride);
+        }
+        in = (const uint16_t *)dst;
+        in_stride = scratch_stride;
+    }
+    amx_release();
+}
+
 /* Inner layers emit bf16, the last one float32 (out 1 or 2). */
 static int bchain_ok(const dlrm_blayer *layers, int32_t n_layers, int64_t scratch_stride) {
     if (n_layers <= 0 || n_layers > MAX_LAYERS) return 0;
@@ -1109,6 +1181,7 @@ typedef struct {
     int64_t num_tables, dim, row_bytes;
     int32_t table_kind, dots; /* dots: as dlrm_gather_interact's */
     const int64_t *table_addr, *table_rows;
+    int32_t amx; /* mlp_kind 2: the chains on AMX tiles (bchain_amx) */
 } dlrm_small_model;
 
 static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -1116,6 +1189,7 @@ static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 /* Bytes of scratch dlrm_forward_small needs for rows. */
 int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows) {
     const int64_t n = m->num_tables + 1, width = m->dim + n * (n - 1) / 2;
+    rows = (rows + 15) / 16 * 16 + 1; /* the AMX chains read whole 16-row blocks, 32-wide k's */
     return 2 * align64(rows * m->width * 4) + align64(rows * m->dim * 4)
            + align64(rows * width * 4);
 }
@@ -1152,9 +1226,11 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         return -1; /* the bottom's output: bf16 values as float32; the probabilities float32 */
 #undef CHAIN_SHAPE
     if (!dlrm_one_hot(offsets, off_stride_t, off_stride_b, m->num_tables, rows)) return 1;
-    char *a = scratch, *b = a + align64(rows * m->width * 4);
-    float *x = (float *)(b + align64(rows * m->width * 4));
-    void *z = (char *)x + align64(rows * m->dim * 4);
+    const int64_t padded = (rows + 15) / 16 * 16 + 1; /* as dlrm_small_scratch_bytes */
+    char *a = scratch, *b = a + align64(padded * m->width * 4);
+    float *x = (float *)(b + align64(padded * m->width * 4));
+    void *z = (char *)x + align64(padded * m->dim * 4);
+    const int bamx = bf && m->amx && dlrm_amx_ready();
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -1164,8 +1240,8 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         } else if (bf) { /* the dense rows in bf16 go where z will be (free until the gather) */
             const int64_t k0 = ((const dlrm_blayer *)m->bottom)[0].k;
             rows_to_bf16(rows, k0, dense, dense_stride, (uint16_t *)z);
-            bchain(rows, m->bottom, m->n_bottom, (const uint16_t *)z, k0, (uint16_t *)a,
-                   (uint16_t *)b, m->width, x, m->dim);
+            (bamx ? bchain_amx : bchain)(rows, m->bottom, m->n_bottom, (const uint16_t *)z, k0,
+                                         (uint16_t *)a, (uint16_t *)b, m->width, x, m->dim);
         } else {
             fchain(rows, m->bottom, m->n_bottom, dense, dense_stride, (float *)a, (float *)b,
                    m->width, x, m->dim);
@@ -1177,8 +1253,8 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
             qchain(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a, (uint8_t *)b,
                    m->width, out, 1);
         else if (bf)
-            bchain(rows, m->top, m->n_top, (const uint16_t *)z, zwidth, (uint16_t *)a,
-                   (uint16_t *)b, m->width, out, 1);
+            (bamx ? bchain_amx : bchain)(rows, m->top, m->n_top, (const uint16_t *)z, zwidth,
+                                         (uint16_t *)a, (uint16_t *)b, m->width, out, 1);
         else
             fchain(rows, m->top, m->n_top, z, zwidth, (float *)a, (float *)b, m->width, out, 1);
     }
