@@ -20,16 +20,17 @@ $PY benchmarks/precisions.py --preset terabyte-small --batch-size 2048 --steps 3
   --warmup-steps 3 --threads 16 --out "$OUT/precisions.json" 2>&1 | tail -12
 
 if grep -qw amx_tile /proc/cpuinfo; then
-  # What the amx_* plans' C kernels were chosen without (no AMX at hand): the fused interaction
-  # against their torch path (AMX bmm), and the one-call small-batch limits against oneDNN on AMX
-  # (native.SMALL_AMX_*_ROWS_PER_THREAD). Same cache: the weights are prepared once.
+  # The amx_* plans' C kernels (chosen on 2 cores of an AMX Xeon) at 16 cores: the fused
+  # interaction against their torch path (AMX bmm), and the one-call small-batch limits against
+  # oneDNN on AMX (native.SMALL_AMX_*_ROWS_PER_THREAD, SMALL_AMX_TILES_ROWS_PER_THREAD). Same
+  # cache: the weights are prepared once.
   for fused in 1 0; do
     DLRM_BENCH_FUSED=$fused $PY benchmarks/precisions.py --preset terabyte-small \
       --precisions amx_int8,amx_bfloat16,amx_bfloat32 --batch-size 2048 --steps 30 \
       --warmup-steps 3 --threads 2 --out "$OUT/precisions-amx-2t-fused$fused.json" 2>&1 | tail -5
   done
-  $PY benchmarks/small_batch.py --precisions amx_int8,amx_bfloat16 --threads 1,2 \
-    --batches 1,4,8,16,32,64,128 --repeats 3 --cache-dir /tmp/dlrm-small-cache \
+  $PY benchmarks/small_batch.py --precisions amx_int8,amx_bfloat16,amx_bfloat32 --threads 1,2 \
+    --batches 1,16,32,64,128,512 --repeats 3 --cache-dir /tmp/dlrm-small-cache \
     --out "$OUT/small-batch-amx.json" 2>&1 | tail -30
 fi
 

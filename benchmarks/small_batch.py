@@ -9,8 +9,8 @@ size, the same prepared model runs the same batches alternately through the one-
 (``dlrm_forward_small``) and through the general path (oneDNN layer by layer, the gather kernel),
 ``--repeats`` times each; the JSON gives the median microseconds per batch of both, their ratio,
 and the machine. ``native.SMALL_*_ROWS_PER_THREAD`` were chosen from these figures. On an AMX
-host, ``--precisions amx_int8`` measures the same question against oneDNN's AMX kernels (its
-limit, ``SMALL_AMX_INT8_ROWS_PER_THREAD``, is not measured on AMX yet).
+host, ``--precisions amx_int8,amx_bfloat16,amx_bfloat32`` measures the same question against
+oneDNN's AMX kernels (``benchmarks/results/small-batch-amx-*.json``: 2 cores of an AMX Xeon).
 """
 
 from __future__ import annotations
