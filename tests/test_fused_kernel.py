@@ -663,3 +663,25 @@ def test_bf16_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, thread
                 assert float((tiles - reference[:rows]).abs().max()) < 2e-2
         finally:
             torch.set_num_threads(before)
+
+
+@needs_vnni
+def test_amx_int8_top_on_padded_rows_and_head_in_c_equals_the_plain_top() -> None:
+    """amx_int8's fused-kernel path writes the interaction into rows padded to 512 for a padded
+    first top layer and runs the 256 -> 1 head + sigmoid in one C call: same probabilities as
+    the plain oneDNN top MLP on 479-wide rows."""
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    batch = make_batch(spec, 300, seed=6)
+    with torch.inference_mode():
+        state = native._int8_state(model, q8.calibrate(model, [batch]))
+        prepared = native.PreparedModel("amx_int8", spec, state)
+        assert prepared.top_first_padded is not None and prepared.head is not None
+        assert prepared.z_width == 512 and prepared.gather is not None
+        prepared.small_rows_per_thread = 0  # the general path
+        args = (batch.dense, batch.offsets, batch.indices)
+        lean = prepared(*args).clone()
+        prepared.top_first_padded = None
+        plain = prepared(*args)
+    assert lean.shape == (300, 1)
+    torch.testing.assert_close(lean, plain, rtol=0, atol=1e-6)
