@@ -600,9 +600,11 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     limits = {"amx_int8": (native.SMALL_AMX_INT8_ROWS_PER_THREAD, "VNNI int8"),
               "amx_bfloat16": (native.SMALL_AMX_BF16_ROWS_PER_THREAD, "AVX512-BF16 bf16"),
               "amx_bfloat32": (native.SMALL_AMX_BF32_ROWS_PER_THREAD, "AVX-512 fp32")}
-    tiles = precision != "amx_int8" and fused.amx_bf16_ready()
-    if tiles:  # the bf16 chains on AMX tiles (amx_bfloat32's with its weights rounded to bf16)
-        limits[precision] = (native.SMALL_AMX_TILES_ROWS_PER_THREAD, "AMX bf16")
+    tiles = fused.amx_int8_ready() if precision == "amx_int8" else fused.amx_bf16_ready()
+    if tiles:  # the chains on AMX tiles (amx_bfloat32's with its weights rounded to bf16)
+        limits[precision] = ((native.SMALL_AMX_INT8_TILES_ROWS_PER_THREAD, "AMX int8")
+                             if precision == "amx_int8"
+                             else (native.SMALL_AMX_TILES_ROWS_PER_THREAD, "AMX bf16"))
     calls: list[int] = []
     if precision in limits:
         limit, isa = limits[precision]
@@ -630,20 +632,25 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
         assert calls == [rows for rows in (n, 1, 3, 16) if rows <= limits[precision][0]]
 
 
-@pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32"])
+@pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bf16_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: int) -> None:
-    """The one-call bf16 chains on AMX tiles (16-row blocks, 32-wide k chunks read past the rows
-    and k's in use) give the AVX512-BF16 chains' results for row counts inside and across
-    blocks; amx_bfloat32 runs them with its weights rounded to bf16 and stays near fp32."""
-    if not (HAS_KERNEL_CPU and fused.amx_bf16_ready()):
-        pytest.skip("needs AMX-BF16 tiles")
+def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: int) -> None:
+    """The one-call chains on AMX tiles (16-row blocks, 32- or 64-wide k chunks read past the
+    rows and k's in use; from 8 rows, fewer take the AVX-512 chains) give the AVX-512 chains'
+    results for row counts inside and across blocks: bf16 to float32 rounding, int8 exactly;
+    amx_bfloat32 runs the bf16 ones with its weights rounded to bf16 and stays near fp32."""
+    ready = fused.amx_int8_ready if precision == "amx_int8" else fused.amx_bf16_ready
+    if not (HAS_KERNEL_CPU and ready()):
+        pytest.skip(f"needs AMX tiles for {precision}")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
     batch = make_batch(spec, 40, seed=4)
     plan = native.PLANS[precision]
     with torch.inference_mode():
-        state = native._float_state(model, plan["dtype"], plan["tables"])
+        if precision == "amx_int8":
+            state = native._int8_state(model, q8.calibrate(model, [batch]))
+        else:
+            state = native._float_state(model, plan["dtype"], plan["tables"])
         prepared = native.PreparedModel(precision, spec, state)
         small = prepared.small_forward
         assert small is not None and small.amx and small.model.amx == 1
@@ -659,7 +666,8 @@ def test_bf16_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, thread
                 avx512 = small(*args)
                 small.model.amx = 1
                 assert tiles is not None and not tiles.isnan().any()
-                torch.testing.assert_close(tiles, avx512, rtol=0, atol=1e-3)
+                atol = 1e-6 if precision == "amx_int8" else 1e-3  # int8: same integer sums
+                torch.testing.assert_close(tiles, avx512, rtol=0, atol=atol)
                 assert float((tiles - reference[:rows]).abs().max()) < 2e-2
         finally:
             torch.set_num_threads(before)

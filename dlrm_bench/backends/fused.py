@@ -179,6 +179,11 @@ def amx_bf16_ready() -> bool:
     return "amx_bf16" in cpu_flags() and bool(load().dlrm_amx_ready())
 
 
+def amx_int8_ready() -> bool:
+    """True when the CPU has AMX-INT8 and Linux lets this process use the tiles."""
+    return "amx_int8" in cpu_flags() and bool(load().dlrm_amx_ready())
+
+
 def unavailable_reason() -> str | None:
     """None when the kernel loads here, else why it does not."""
     try:
@@ -281,8 +286,8 @@ class GatherInteraction:
 class QLayer(ctypes.Structure):
     """``dlrm_qlayer`` of ``interaction.c``: one int8 linear of a small-batch chain."""
 
-    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
-                ("colsum", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+    _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("kw", ctypes.c_int64),
+                ("w", ctypes.c_void_p), ("colsum", ctypes.c_void_p), ("scale", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p), ("x_zp", ctypes.c_int32), ("post", ctypes.c_int32),
                 ("out_u8", ctypes.c_int32), ("out_inv_scale", ctypes.c_float),
                 ("out_zp", ctypes.c_float)]
@@ -328,17 +333,19 @@ class SmallQMLP:
     def _layer(self, layer, post: str) -> QLayer:
         weight_q = layer.weight_q
         n, k = weight_q.shape
-        n16, k4 = -(-n // 16) * 16, -(-k // 4) * 4
-        padded = torch.zeros(n16, k4, dtype=torch.int8)
+        # K padded to 64 with zero weights: whole 64-k chunks for the AMX tiles
+        n16, k64 = -(-n // 16) * 16, -(-k // 64) * 64
+        padded = torch.zeros(n16, k64, dtype=torch.int8)
         padded[:n, :k] = weight_q
-        # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: 4 k's of 16 outputs per 64-byte load
-        packed = padded.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+        # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: 4 k's of 16 outputs per 64-byte load, which
+        # is also an AMX B tile's layout (16 groups of 4 k x 16 outputs per 1 KB)
+        packed = padded.view(n16 // 16, 16, k64 // 4, 4).permute(0, 2, 1, 3).contiguous()
         colsum = weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
         scale = (float(layer.x_scale) * layer.w_scales.double()).float().contiguous()
         bias = layer.bias.detach().float().contiguous()
         self.keep += [packed, colsum, scale, bias]
         out_u8 = layer.out_dtype is None
-        return QLayer(k, n, packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
+        return QLayer(k, n, k64 // 4, packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
                       bias.data_ptr(), int(layer.x_zp), POSTS[post], int(out_u8),
                       1.0 / layer.out_scale if out_u8 else 1.0,
                       float(layer.out_zp) if out_u8 else 0.0)
@@ -519,9 +526,9 @@ class SmallForward:
     parallel region. ``bottom`` / ``top``: ``SmallFMLP``s; or ``SmallQMLP``s (bottom with
     ``float_input``, top with ``sigmoid``) with ``quantize``, the top input's (scale, zero
     point); or ``SmallBMLP``s (bottom ``out="bf16-as-float32"``, top ``out="float32"``; the
-    interaction then rounded to bf16; ``amx``: the precision may use AMX, and the bf16 chains
-    run on AMX tiles where the CPU has them). Holds references to all of them: their structs and
-    tensors must stay alive.
+    interaction then rounded to bf16; ``amx``: the precision may use AMX, and the int8 / bf16
+    chains run on AMX tiles where the CPU has them). Holds references to all of them: their
+    structs and tensors must stay alive.
     """
 
     def __init__(self, gather: GatherInteraction, bottom: SmallQMLP | SmallFMLP | SmallBMLP,
@@ -543,7 +550,7 @@ class SmallForward:
                              f"an interaction of {gather.dim} -> {gather.width}")
         self.parts = (gather, bottom, top)
         # bf16 chains on AMX tiles: where the precision may use AMX (``amx``) and the CPU has it
-        self.amx = bool(amx and bf16 and amx_bf16_ready())
+        self.amx = bool(amx and ((bf16 and amx_bf16_ready()) or (int8 and amx_int8_ready())))
         z_inv_scale, z_zp = (1.0 / quantize[0], float(quantize[1])) if quantize else (1.0, 0.0)
         self.model = SmallModel(
             2 if bf16 else int(int8), len(bottom.structs), len(top.structs),

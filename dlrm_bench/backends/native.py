@@ -107,8 +107,8 @@ PACK_BATCH_HINT = 1024
 # (fused.SmallForward: bottom MLP, gather + interaction, top MLP in one OpenMP region; MLP tiles
 # of 4 rows x 64 outputs, int8 on VNNI, fp32 on FMA) instead of oneDNN layer by layer, whose fixed
 # cost and blocking for big batches dominate there. benchmarks/small_batch.py on the AMD VM
-# (benchmarks/results/small-batch-vm.json), us per batch, one call / general path, same process,
-# alternating, median of 5:
+# (its small-batch-vm.json was never committed), us per batch, one call / general path, same
+# process, alternating, median of 5:
 #   int8, 1 thread:  1 row 41 / 159, 16 rows 134 / 244, 64 461 / 567, 128 904 / 984,
 #                    256 1779 / 1801
 #   int8, 2 threads: 1 row 30 / 173, 16 rows 75 / 212, 128 492 / 593, 256 955 / 1042;
@@ -144,6 +144,10 @@ SMALL_AMX_BF32_ROWS_PER_THREAD = 16
 # path is slower: 1 thread 16 rows 358 / 1281, 1024 rows 9772 / 14121; 2 threads 1024 rows
 # 5230 / 6452 (small-batch-amx-bf32-tiles.json): it runs bigger batches in chunks of that call.
 SMALL_AMX_TILES_ROWS_PER_THREAD = 512
+# amx_int8's int8 chains on AMX tiles (TDPBUSD, from 8 rows; fewer run on VNNI), same benchmark
+# (small-batch-amx-int8-tiles.json), us, one call / general path: 1 thread 16 rows 227 / 630,
+# 256 rows 1260 / 1734, 1024 rows 5005 / 5074; 2 threads 16 rows 86 / 490, 256 rows 796 / 1208.
+SMALL_AMX_INT8_TILES_ROWS_PER_THREAD = 256
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -315,7 +319,9 @@ class PreparedModel:
             self.kernels["small_batches"] = f"as big ones ({isa} kernel unavailable: {exc})"
             return
         if self.small_forward.amx:
-            mlps, limit = "AMX bf16", SMALL_AMX_TILES_ROWS_PER_THREAD
+            mlps = "AMX int8" if int8 else "AMX bf16"
+            limit = (SMALL_AMX_INT8_TILES_ROWS_PER_THREAD if int8
+                     else SMALL_AMX_TILES_ROWS_PER_THREAD)
         self.small_rows_per_thread = limit
         # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations) and
         # amx_bfloat32 on tiles (ahead of oneDNN's bf32 linears up to 1024 rows per thread)

@@ -156,6 +156,7 @@ typedef struct {
  * the amx_* precisions, whose ISA includes AMX). Linux hands out AMX state per process on
  * request; torch's oneDNN asks too, but only once it runs an AMX kernel itself. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
+#define AMX_CHAIN_MIN_ROWS 8
 #define XFEATURE_XTILEDATA 18
 
 /* 1 when the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use them. */
@@ -571,6 +572,7 @@ int dlrm_gather_interact(
 
 typedef struct {
     int64_t k, n;
+    int64_t kw; /* groups of 4 k per 16-output block in w: K/4 rounded up to a multiple of 16 */
     const int8_t *w;
     const int32_t *colsum;
     const float *scale, *bias;
@@ -654,7 +656,7 @@ static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, vo
     const __m512i v2 = _mm512_loadu_si512(w2 + (q)), v3 = _mm512_loadu_si512(w3 + (q))
 #define STORE4(a, row) STORE_BLOCKS(qstore, a, row)
 #define BLOCK_POINTERS \
-    const int64_t kw = (L->k + 3) / 4, kfull = L->k / 4, have = L->k - 4 * kfull; \
+    const int64_t kw = L->kw, kfull = L->k / 4, have = L->k - 4 * kfull; \
     const __m512i *w0 = (const __m512i *)(L->w + blk * kw * 64); \
     const __m512i *w1 = w0 + (nb > 1 ? kw : 0), *w2 = w0 + (nb > 2 ? 2 * kw : 0); \
     const __m512i *w3 = w0 + (nb > 3 ? 3 * kw : 0)
@@ -739,6 +741,85 @@ static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layer
         in = dst;
         in_stride = scratch_stride;
     }
+}
+
+/* A group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBUSD: uint8 rows x int8
+ * weights, int32 sums), then qstore's epilogue per row. As bgroup_amx: C tiles 0-3, the rows'
+ * 64-k chunk in tile 4, the weights' 16 groups of 4 k x 16 outputs in tiles 5-7 (w's packing,
+ * K padded to 64 with zero weights). x must be readable past its rows (to a multiple of 16) and
+ * past k; any bytes there meet zero weights or rows that are not stored. */
+static AMX void qgroup_amx(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
+                           int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
+    const int64_t chunks = (L->k + 63) / 64, kw = L->kw;
+    int32_t c[16 * 64] __attribute__((aligned(64)));
+    const int8_t *w = L->w + blk * kw * 64;
+    for (int64_t m0 = 0; m0 < rows; m0 += 16) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t kc = 0; kc < chunks; kc++) {
+            const int8_t *wk = w + kc * 16 * 64;
+            _tile_loadd(4, x + m0 * x_stride + kc * 64, x_stride);
+            _tile_loadd(5, wk, 64);
+            _tile_dpbusd(0, 4, 5);
+            if (nb > 1) {
+                _tile_loadd(6, wk + kw * 64, 64);
+                _tile_dpbusd(1, 4, 6);
+            }
+            if (nb > 2) {
+                _tile_loadd(7, wk + 2 * kw * 64, 64);
+                _tile_dpbusd(2, 4, 7);
+            }
+            if (nb > 3) {
+                _tile_loadd(5, wk + 3 * kw * 64, 64);
+                _tile_dpbusd(3, 4, 5);
+            }
+        }
+        _tile_stored(0, c, 256);
+        _tile_stored(1, c + 16, 256);
+        _tile_stored(2, c + 32, 256);
+        _tile_stored(3, c + 48, 256);
+        for (int64_t m = m0; m < rows && m < m0 + 16; m++)
+            for (int b = 0; b < nb; b++)
+                qstore(L, _mm512_load_si512(c + (m - m0) * 64 + b * 16), (blk + b) * 16, out, m,
+                       out_stride);
+    }
+}
+
+/* qchain on AMX tiles (amx_int8's small batches in dlrm_forward_small, whose scratch has the
+ * padding qgroup_amx reads). */
+static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
+                           const void *x, int64_t x_stride, int32_t x_float, float x_inv_scale,
+                           float x_zero_point, uint8_t *scratch_a, uint8_t *scratch_b,
+                           int64_t scratch_stride, void *out, int64_t out_stride) {
+    const uint8_t *in = (const uint8_t *)x;
+    int64_t in_stride = x_stride;
+    if (x_float) {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < rows; m++)
+            quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale, x_zero_point,
+                        scratch_b + m * scratch_stride);
+        in = scratch_b;
+        in_stride = scratch_stride;
+    }
+    amx_configure();
+    for (int32_t l = 0; l < n_layers; l++) {
+        const dlrm_qlayer *L = &layers[l];
+        const int last = l + 1 == n_layers;
+        uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
+        void *o = last ? out : (void *)dst;
+        const int64_t o_stride = last ? out_stride : scratch_stride;
+        const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 3) / 4;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int nb = blocks - 4 * g < 4 ? (int)(blocks - 4 * g) : 4;
+            qgroup_amx(L, nb, 4 * g, in, in_stride, rows, o, o_stride);
+        }
+        in = dst;
+        in_stride = scratch_stride;
+    }
+    amx_release();
 }
 
 static int qchain_ok(const dlrm_qlayer *layers, int32_t n_layers, int32_t x_float,
@@ -1185,7 +1266,7 @@ typedef struct {
     int64_t num_tables, dim, row_bytes;
     int32_t table_kind, dots; /* dots: as dlrm_gather_interact's */
     const int64_t *table_addr, *table_rows;
-    int32_t amx; /* mlp_kind 2: the chains on AMX tiles (bchain_amx) */
+    int32_t amx; /* the chains on AMX tiles: mlp_kind 1 qchain_amx, 2 bchain_amx */
 } dlrm_small_model;
 
 static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -1234,13 +1315,18 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
     char *a = scratch, *b = a + align64(padded * m->width * 4);
     float *x = (float *)(b + align64(padded * m->width * 4));
     void *z = (char *)x + align64(padded * m->dim * 4);
-    const int bamx = bf && m->amx && dlrm_amx_ready();
+    /* the chains on AMX tiles from 8 rows: below, a 16-row tile is mostly padding and the
+     * AVX-512 chains were as fast or faster (amx_int8, 2 threads, us: 1 row 42 against 59,
+     * 4 rows 62 / 66, 8 rows 93 / 74, 16 rows 160 / 89) */
+    const int tiles = m->amx && rows >= AMX_CHAIN_MIN_ROWS && dlrm_amx_ready();
+    const int bamx = bf && tiles, qamx = q8 && tiles;
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         if (q8) {
-            qchain(rows, m->bottom, m->n_bottom, dense, dense_stride, 1, m->x_inv_scale, m->x_zp,
-                   (uint8_t *)a, (uint8_t *)b, m->width, x, m->dim);
+            (qamx ? qchain_amx : qchain)(rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
+                                         m->x_inv_scale, m->x_zp, (uint8_t *)a, (uint8_t *)b,
+                                         m->width, x, m->dim);
         } else if (bf) { /* the dense rows in bf16 go where z will be (free until the gather) */
             const int64_t k0 = ((const dlrm_blayer *)m->bottom)[0].k;
             rows_to_bf16(rows, k0, dense, dense_stride, (uint16_t *)z);
@@ -1254,8 +1340,8 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
         if (q8)
-            qchain(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a, (uint8_t *)b,
-                   m->width, out, 1);
+            (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f,
+                                         (uint8_t *)a, (uint8_t *)b, m->width, out, 1);
         else if (bf)
             (bamx ? bchain_amx : bchain)(rows, m->top, m->n_top, (const uint16_t *)z, zwidth,
                                          (uint16_t *)a, (uint16_t *)b, m->width, out, 1);
