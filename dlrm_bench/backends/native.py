@@ -17,9 +17,10 @@ amx_int8                                         cap), requantize + ReLU fused
 
 With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
 call (the amx_* plans' int8 / bf16 Gram matrices on AMX tiles); small batches through the whole
-forward in one call (up to 128 rows per thread for avx_fp32 and avx_int8, 32 for amx_int8, 16 for
-amx_bfloat32, 8 for amx_bfloat16); avx_fp32 runs bigger batches through that call too, in chunks
-of that size.
+forward in one call (up to 128 rows per thread for avx_fp32 and avx_int8; the amx_* plans' chains
+on AMX tiles up to 256 rows per thread for amx_int8 and 512 for amx_bfloat16 and amx_bfloat32,
+without usable tiles on VNNI / AVX512-BF16 / FMA up to 32 / 8 / 16); avx_fp32 and amx_bfloat32
+run bigger batches through that call too, in chunks of that size.
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
