@@ -743,43 +743,58 @@ static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layer
     }
 }
 
-/* A group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBUSD: uint8 rows x int8
- * weights, int32 sums), then qstore's epilogue per row. As bgroup_amx: C tiles 0-3, the rows'
- * 64-k chunk in tile 4, the weights' 16 groups of 4 k x 16 outputs in tiles 5-7 (w's packing,
- * K padded to 64 with zero weights). x must be readable past its rows (to a multiple of 16) and
- * past k; any bytes there meet zero weights or rows that are not stored. */
+/* 16 rows of x (x_bytes apart) times nb <= 4 blocks of 16 outputs of packed weights (w, the
+ * blocks block_bytes apart) on AMX, over chunks of 64 bytes of k: uint8 rows x int8 weights
+ * (TDPBUSD, int32 sums) or bf16 x bf16 (bf16: TDPBF16PS, float32 sums). C tiles 0-3, the rows'
+ * chunk in tile 4, the weights' 1 KB per block and chunk (16 groups of 4 int8 or 2 bf16 k x 16
+ * outputs: the chains' packing, K padded to whole chunks with zero weights) in tiles 5-7.
+ * c: 16 rows x 64 outputs. x must be readable for 16 rows and whole chunks; whatever it holds
+ * past the rows and k's in use meets rows that are not stored or zero weights (finite values
+ * for bf16). */
+static AMX void tile_rows_amx(int bf16, const uint8_t *w, int64_t block_bytes, int64_t chunks,
+                              int nb, const uint8_t *x, int64_t x_bytes, void *c) {
+#define TILE_DOT(acc, b) \
+    do { \
+        if (bf16) _tile_dpbf16ps(acc, 4, b); \
+        else _tile_dpbusd(acc, 4, b); \
+    } while (0)
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t kc = 0; kc < chunks; kc++) {
+        const uint8_t *wk = w + kc * 1024;
+        _tile_loadd(4, x + kc * 64, x_bytes);
+        _tile_loadd(5, wk, 64);
+        TILE_DOT(0, 5);
+        if (nb > 1) {
+            _tile_loadd(6, wk + block_bytes, 64);
+            TILE_DOT(1, 6);
+        }
+        if (nb > 2) {
+            _tile_loadd(7, wk + 2 * block_bytes, 64);
+            TILE_DOT(2, 7);
+        }
+        if (nb > 3) {
+            _tile_loadd(5, wk + 3 * block_bytes, 64);
+            TILE_DOT(3, 5);
+        }
+    }
+#undef TILE_DOT
+    _tile_stored(0, c, 256);
+    _tile_stored(1, (char *)c + 64, 256);
+    _tile_stored(2, (char *)c + 128, 256);
+    _tile_stored(3, (char *)c + 192, 256);
+}
+
+/* qchain's group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBUSD; see
+ * tile_rows_amx), then qstore's epilogue per row. */
 static AMX void qgroup_amx(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t *x,
                            int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
-    const int64_t chunks = (L->k + 63) / 64, kw = L->kw;
     int32_t c[16 * 64] __attribute__((aligned(64)));
-    const int8_t *w = L->w + blk * kw * 64;
+    const uint8_t *w = (const uint8_t *)L->w + blk * L->kw * 64;
     for (int64_t m0 = 0; m0 < rows; m0 += 16) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t kc = 0; kc < chunks; kc++) {
-            const int8_t *wk = w + kc * 16 * 64;
-            _tile_loadd(4, x + m0 * x_stride + kc * 64, x_stride);
-            _tile_loadd(5, wk, 64);
-            _tile_dpbusd(0, 4, 5);
-            if (nb > 1) {
-                _tile_loadd(6, wk + kw * 64, 64);
-                _tile_dpbusd(1, 4, 6);
-            }
-            if (nb > 2) {
-                _tile_loadd(7, wk + 2 * kw * 64, 64);
-                _tile_dpbusd(2, 4, 7);
-            }
-            if (nb > 3) {
-                _tile_loadd(5, wk + 3 * kw * 64, 64);
-                _tile_dpbusd(3, 4, 5);
-            }
-        }
-        _tile_stored(0, c, 256);
-        _tile_stored(1, c + 16, 256);
-        _tile_stored(2, c + 32, 256);
-        _tile_stored(3, c + 48, 256);
+        tile_rows_amx(0, w, L->kw * 64, (L->k + 63) / 64, nb, x + m0 * x_stride, x_stride, c);
         for (int64_t m = m0; m < rows && m < m0 + 16; m++)
             for (int b = 0; b < nb; b++)
                 qstore(L, _mm512_load_si512(c + (m - m0) * 64 + b * 16), (blk + b) * 16, out, m,
@@ -1138,43 +1153,15 @@ static BF16 void bchain(int64_t rows, const dlrm_blayer *layers, int32_t n_layer
     }
 }
 
-/* A group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBF16PS): C tiles 0-3, the
- * rows' 32-k chunk in tile 4, the weights' 16 pairs x 16 outputs in tiles 5-7 (w's packing is
- * the VNNI layout B tiles want, K padded to 32 with zero weights). Reads 16-row blocks of x and
- * 32-wide k chunks: x must have readable, finite values past its rows (to a multiple of 16) and
- * past k (zero weights meet them). */
+/* bchain's group of nb <= 4 blocks of 16 outputs for all rows on AMX (TDPBF16PS; see
+ * tile_rows_amx), then bstore per row. */
 static AMX void bgroup_amx(const dlrm_blayer *L, int nb, int64_t blk, const uint16_t *x,
                            int64_t x_stride, int64_t rows, void *out, int64_t out_stride) {
-    const int64_t chunks = (L->k + 31) / 32, kp = L->kp;
     float c[16 * 64] __attribute__((aligned(64)));
-    const uint16_t *w = L->w + blk * kp * 32;
+    const uint8_t *w = (const uint8_t *)(L->w + blk * L->kp * 32);
     for (int64_t m0 = 0; m0 < rows; m0 += 16) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t kc = 0; kc < chunks; kc++) {
-            const uint16_t *wk = w + kc * 16 * 32;
-            _tile_loadd(4, x + m0 * x_stride + kc * 32, x_stride * 2);
-            _tile_loadd(5, wk, 64);
-            _tile_dpbf16ps(0, 4, 5);
-            if (nb > 1) {
-                _tile_loadd(6, wk + kp * 32, 64);
-                _tile_dpbf16ps(1, 4, 6);
-            }
-            if (nb > 2) {
-                _tile_loadd(7, wk + 2 * kp * 32, 64);
-                _tile_dpbf16ps(2, 4, 7);
-            }
-            if (nb > 3) {
-                _tile_loadd(5, wk + 3 * kp * 32, 64);
-                _tile_dpbf16ps(3, 4, 5);
-            }
-        }
-        _tile_stored(0, c, 256);
-        _tile_stored(1, c + 16, 256);
-        _tile_stored(2, c + 32, 256);
-        _tile_stored(3, c + 48, 256);
+        tile_rows_amx(1, w, L->kp * 64, (L->k + 31) / 32, nb, (const uint8_t *)(x + m0 * x_stride),
+                      x_stride * 2, c);
         for (int64_t m = m0; m < rows && m < m0 + 16; m++)
             for (int b = 0; b < nb; b++)
                 bstore(L, _mm512_load_ps(c + (m - m0) * 64 + b * 16), (blk + b) * 16, out, m,
