@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,14 +27,22 @@ RESERVE = 48  # pages: the tiny preset's tables take < 12
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[hp.HugetlbfsMount]:
-    """A hugetlbfs mounted for this test, with RESERVE more 2 MiB pages in the pool."""
+    """A hugetlbfs mounted for this test, with exactly RESERVE free 2 MiB pages in the pool.
+
+    Exactly: a host whose pool already has free pages (the tune role reserves some) would
+    otherwise let "more pages than reserved" fit. Pages in use stay in use; the pool's size is
+    put back afterwards."""
     if os.geteuid() != 0 or not HUGEPAGES_NR.exists():
         pytest.skip("mounting hugetlbfs and reserving hugepages needs root and a 2 MiB pool")
     where = tmp_path / "huge"
     where.mkdir()
     with host_tuning_lock():
         before = int(HUGEPAGES_NR.read_text())
-        HUGEPAGES_NR.write_text(str(before + RESERVE))
+        in_use = before - hp.available_pages(PAGE)
+        HUGEPAGES_NR.write_text(str(in_use + RESERVE))
+        if hp.available_pages(PAGE) != RESERVE:
+            HUGEPAGES_NR.write_text(str(before))
+            pytest.skip(f"could not make the pool hold exactly {RESERVE} free 2 MiB pages")
         subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "nodev", str(where)],
                        check=True)
         try:
@@ -144,10 +153,16 @@ def test_runs_on_hugepages_match_normal_memory_and_say_where(
         assert proc.returncode == 0, proc.stderr
         results[memory] = json.loads((out / "result.json").read_text())
     tables_fact = results["hugepages"]["model"]["tables"]
-    assert tables_fact["memory"] == "hugepages" and str(mount.path) in tables_fact["detail"]
+    assert tables_fact["memory"] == "hugepages"
+    # the run takes the first mount with room: this test's, or one the host already had
+    (used,) = [m.path for m in hp.hugetlbfs_mounts() if f"hugetlbfs {m.path}," in
+               tables_fact["detail"]]
+    shared_file = re.search(r"shared file (\S+\.tables)", tables_fact["detail"])
+    assert shared_file is not None, tables_fact["detail"]
     assert results["normal"]["model"]["tables"]["memory"] == "normal"
     auc = [results[m]["metrics"]["auc"] for m in ("hugepages", "normal")]
     assert auc[0] == auc[1]
+    assert not (used / shared_file.group(1)).exists()  # removed by its last user
     assert list(mount.path.iterdir()) == []
 
 
