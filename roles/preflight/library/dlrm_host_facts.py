@@ -126,13 +126,18 @@ def governor():
 
 def hugepages(mem):
     size_kb = mem.get("Hugepagesize", 0) // 1024
-    pools = {}
+    pools, available = {}, {}
     for pool in glob.glob("/sys/kernel/mm/hugepages/hugepages-*kB"):
         kb = int(re.sub(r"\D", "", os.path.basename(pool)) or 0)
         pools[str(kb)] = int(_read(os.path.join(pool, "nr_hugepages"), "0") or 0)
+        # pages a new mapping can still take: free minus those reserved by existing mappings
+        free = int(_read(os.path.join(pool, "free_hugepages"), "0") or 0)
+        reserved = int(_read(os.path.join(pool, "resv_hugepages"), "0") or 0)
+        available[str(kb)] = max(0, free - reserved)
     return {
         "default_size_kb": size_kb,
         "nr": pools.get(str(size_kb), mem.get("HugePages_Total", 0)),
+        "available": available.get(str(size_kb), 0),
         "pools": pools,
     }
 
