@@ -575,7 +575,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     and the kernels use AMX only for the interaction's Gram matrix, where the CPU has it);
     DLRM_BENCH_FUSED=0 gives their torch path (the AMX bmm) back, and the two agree. amx_int8
     (VNNI), amx_bfloat16 (AVX512-BF16) and amx_bfloat32 (AVX-512 fp32) also take small batches
-    in one call, up to their own (lower) limits; bigger ones go to oneDNN."""
+    in one call, up to their own (lower) limits; bigger ones go to oneDNN (on AMX tiles,
+    amx_int8 and amx_bfloat32 take them in chunks of that call)."""
     if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
@@ -610,7 +611,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
         limit, isa = limits[precision]
         assert with_kernels.kernels["small_batches"] == (
             f"one C call ({isa} MLPs) up to {limit} rows per thread")
-        assert with_kernels.small_chunks == (tiles and precision == "amx_bfloat32")
+        # on tiles amx_bfloat32 and amx_int8 run bigger batches in chunks of that call too
+        assert with_kernels.small_chunks == (tiles and precision != "amx_bfloat16")
         assert with_kernels.small_forward is not None
         real = with_kernels.small_forward
 
@@ -644,7 +646,7 @@ def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: in
         pytest.skip(f"needs AMX tiles for {precision}")
     spec = get_preset("tiny")
     model = build_model(spec, seed=0).eval()
-    batch = make_batch(spec, 40, seed=4)
+    batch = make_batch(spec, 300, seed=4)
     plan = native.PLANS[precision]
     with torch.inference_mode():
         if precision == "amx_int8":
@@ -658,7 +660,9 @@ def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: in
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            for rows in (1, 3, 16, 17, 40):
+            # int8 from 64 rows per thread: the chains' rows split between the threads in
+            # 32-row blocks (the last one partly used)
+            for rows in (1, 3, 16, 17, 40, 150, 300):
                 args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
                 small.model.amx = 1
                 tiles = small(*args)

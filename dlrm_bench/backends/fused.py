@@ -32,7 +32,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 10
+ABI = 11
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -287,10 +287,9 @@ class QLayer(ctypes.Structure):
     """``dlrm_qlayer`` of ``interaction.c``: one int8 linear of a small-batch chain."""
 
     _fields_ = [("k", ctypes.c_int64), ("n", ctypes.c_int64), ("kw", ctypes.c_int64),
-                ("w", ctypes.c_void_p), ("colsum", ctypes.c_void_p), ("scale", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("x_zp", ctypes.c_int32), ("post", ctypes.c_int32),
-                ("out_u8", ctypes.c_int32), ("out_inv_scale", ctypes.c_float),
-                ("out_zp", ctypes.c_float)]
+                ("w", ctypes.c_void_p), ("zc", ctypes.c_void_p), ("mul", ctypes.c_void_p),
+                ("add", ctypes.c_void_p), ("post", ctypes.c_int32), ("out_u8", ctypes.c_int32),
+                ("lo", ctypes.c_int32)]
 
 
 POSTS = {"none": 0, "relu": 1, "sigmoid": 2}
@@ -340,15 +339,20 @@ class SmallQMLP:
         # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: 4 k's of 16 outputs per 64-byte load, which
         # is also an AMX B tile's layout (16 groups of 4 k x 16 outputs per 1 KB)
         packed = padded.view(n16 // 16, 16, k64 // 4, 4).permute(0, 2, 1, 3).contiguous()
-        colsum = weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
-        scale = (float(layer.x_scale) * layer.w_scales.double()).float().contiguous()
-        bias = layer.bias.detach().float().contiguous()
-        self.keep += [packed, colsum, scale, bias]
+        # the input zero point's share of each output's sum, subtracted in int32 (exact)
+        zc = (int(layer.x_zp) * weight_q.to(torch.int32).sum(dim=1, dtype=torch.int32))
+        scale = float(layer.x_scale) * layer.w_scales.double()
+        bias = layer.bias.detach().double()
         out_u8 = layer.out_dtype is None
-        return QLayer(k, n, k64 // 4, packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
-                      bias.data_ptr(), int(layer.x_zp), POSTS[post], int(out_u8),
-                      1.0 / layer.out_scale if out_u8 else 1.0,
-                      float(layer.out_zp) if out_u8 else 0.0)
+        lo = 0
+        if out_u8:  # the requantization folded into one multiply-add (see qstore)
+            out_inv = 1.0 / float(layer.out_scale)
+            scale, bias = scale * out_inv, bias * out_inv + float(layer.out_zp)
+            lo = int(layer.out_zp) if post == "relu" else 0
+        zc, mul, add = zc.contiguous(), scale.float().contiguous(), bias.float().contiguous()
+        self.keep += [packed, zc, mul, add]
+        return QLayer(k, n, k64 // 4, packed.data_ptr(), zc.data_ptr(), mul.data_ptr(),
+                      add.data_ptr(), POSTS[post], int(out_u8), lo)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[M, K]`` (uint8, or float32 with ``float_input``) -> ``[M, N]`` uint8/float32."""

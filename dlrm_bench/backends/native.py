@@ -148,7 +148,7 @@ SMALL_AMX_TILES_ROWS_PER_THREAD = 512
 # amx_int8's int8 chains on AMX tiles (TDPBUSD, from 8 rows; fewer run on VNNI), same benchmark
 # (small-batch-amx-int8-tiles.json), us, one call / general path: 1 thread 16 rows 227 / 630,
 # 256 rows 1260 / 1734, 1024 rows 5005 / 5074; 2 threads 16 rows 86 / 490, 256 rows 796 / 1208.
-SMALL_AMX_INT8_TILES_ROWS_PER_THREAD = 256
+SMALL_AMX_INT8_TILES_ROWS_PER_THREAD = 1024
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -324,10 +324,13 @@ class PreparedModel:
             limit = (SMALL_AMX_INT8_TILES_ROWS_PER_THREAD if int8
                      else SMALL_AMX_TILES_ROWS_PER_THREAD)
         self.small_rows_per_thread = limit
-        # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations) and
-        # amx_bfloat32 on tiles (ahead of oneDNN's bf32 linears up to 1024 rows per thread)
-        self.small_chunks = bf32_tiles or (self.precision == "avx_fp32"
-                                           and SMALL_FLOAT_CHUNKS_BIG_BATCHES)
+        # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations),
+        # amx_bfloat32 on tiles (ahead of oneDNN's bf32 linears up to 1024 rows per thread) and
+        # amx_int8 on tiles (its top chain's rows split between threads: ahead of oneDNN's
+        # int8 linears at every size measured)
+        int8_tiles = int8 and self.small_forward.amx
+        self.small_chunks = bf32_tiles or int8_tiles or (self.precision == "avx_fp32"
+                                                         and SMALL_FLOAT_CHUNKS_BIG_BATCHES)
         self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
         if self.small_chunks:
             self.kernels["big_batches"] = f"the same C call, in chunks of {limit} rows per thread"

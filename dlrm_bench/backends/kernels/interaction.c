@@ -24,6 +24,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -36,7 +37,7 @@
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,amx-tile,amx-int8,amx-bf16")))
 
-int dlrm_kernel_abi(void) { return 10; }
+int dlrm_kernel_abi(void) { return 11; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -157,6 +158,7 @@ typedef struct {
  * request; torch's oneDNN asks too, but only once it runs an AMX kernel itself. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define AMX_CHAIN_MIN_ROWS 8
+#define AMX_ROW_SPLIT_MIN_ROWS 64 /* per thread: the int8 top chain's rows split (qchain_rows_amx) */
 #define XFEATURE_XTILEDATA 18
 
 /* 1 when the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use them. */
@@ -565,7 +567,7 @@ int dlrm_gather_interact(
  * Python between layers are most of the time. One call runs a chain of layers; layer l:
  *   y[m, n] = post(scale[n] * (sum_k x[m, k] * w[n, k] - x_zp * colsum[n]) + bias[n])
  * post = ReLU, sigmoid or none; then uint8 (round(y * out_inv_scale + out_zp), clamped: the next
- * layer's input) or float32 (the chain's output). A float32 input is quantized first.
+ * layer's input; computed in one step, see qstore) or float32 (the chain's output). A float32 input is quantized first.
  * Weights packed as [N/16][K/4][16][4] (N and K padded with zero weights), so one 64-byte load
  * holds 4 k's of 16 outputs and one vpdpbusd adds them to 16 accumulators. */
 #define MAX_LAYERS 16
@@ -574,11 +576,12 @@ typedef struct {
     int64_t k, n;
     int64_t kw; /* groups of 4 k per 16-output block in w: K/4 rounded up to a multiple of 16 */
     const int8_t *w;
-    const int32_t *colsum;
-    const float *scale, *bias;
-    int32_t x_zp, post; /* post: 0 none, 1 relu, 2 sigmoid */
+    const int32_t *zc;      /* x_zp * colsum[n]: the input zero point's share of the sums */
+    const float *mul, *add; /* uint8 output: scale * out_inv_scale, bias * out_inv_scale +
+                             * out_zp (the requantization folded in); float32: scale, bias */
+    int32_t post;           /* 0 none, 1 relu, 2 sigmoid */
     int32_t out_u8;
-    float out_inv_scale, out_zp;
+    int32_t lo;             /* uint8 output: its least value (out_zp after a ReLU, else 0) */
 } dlrm_qlayer;
 
 static inline VNNI int32_t word_at(const uint8_t *p) {
@@ -605,18 +608,21 @@ static inline void store_sigmoid(float *dst, __m512 y, __mmask16 keep) {
 static inline VNNI void qstore(const dlrm_qlayer *L, __m512i acc, int64_t n0, void *out,
                                int64_t m, int64_t out_stride) {
     const __mmask16 keep = keep_of(L->n, n0);
-    const __m512i zc = _mm512_mullo_epi32(_mm512_set1_epi32(L->x_zp),
-                                          _mm512_maskz_loadu_epi32(keep, L->colsum + n0));
-    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zc)),
-                               _mm512_maskz_loadu_ps(keep, L->scale + n0),
-                               _mm512_maskz_loadu_ps(keep, L->bias + n0));
-    if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
+    const __m512 d = _mm512_cvtepi32_ps(
+        _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(keep, L->zc + n0)));
+    __m512 y = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(keep, L->mul + n0),
+                               _mm512_maskz_loadu_ps(keep, L->add + n0));
     if (L->out_u8) {
-        _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, keep,
-                             quantize16(y, _mm512_set1_ps(L->out_inv_scale),
-                                        _mm512_set1_ps(L->out_zp)));
+        /* round(relu(scale d + bias) * out_inv_scale + out_zp) clamped to 0..255, as
+         * max(round(mul d + add), lo) (out_inv_scale > 0): half the instructions of the two
+         * steps, which cost as much as the AMX tiles' sums (measured on the top MLP's shapes) */
+        __m512i q = _mm512_cvt_roundps_epi32(_mm512_min_ps(y, _mm512_set1_ps(255.0f)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_max_epi32(q, _mm512_set1_epi32(L->lo));
+        _mm_mask_storeu_epi8((uint8_t *)out + m * out_stride + n0, keep, _mm512_cvtepi32_epi8(q));
         return;
     }
+    if (L->post == 1) y = _mm512_max_ps(y, _mm512_setzero_ps());
     float *dst = (float *)out + m * out_stride + n0;
     if (L->post == 2) store_sigmoid(dst, y, keep);
     else _mm512_mask_storeu_ps(dst, keep, y);
@@ -802,6 +808,71 @@ static AMX void qgroup_amx(const dlrm_qlayer *L, int nb, int64_t blk, const uint
     }
 }
 
+/* One int8 layer on rows m0..m1 of x (this thread's: rows split between threads, so the layers
+ * of a chain need no barrier between them) on AMX with 2 x 2 tiles: 32 rows (A tiles 4, 5, read
+ * once per 64-k chunk and kept in L1 across the output blocks) x 32 outputs (B tiles 6, 7), four
+ * C tiles, four TDPBUSD per chunk for four tile loads (tile_rows_amx's 16 rows x 64 outputs: five
+ * loads per four). x must be readable for whole 32-row blocks and 64-byte chunks. */
+/* The epilogue of rows r0..r1 of a 32 x 32 C block (of the output blocks blk, blk + 1). */
+static inline AMX void qstore_rows(const dlrm_qlayer *L, const int32_t *c, int64_t blk, int two,
+                                   int64_t m, int64_t r0, int64_t r1, void *out,
+                                   int64_t out_stride) {
+    for (int64_t r = r0; r < r1; r++) {
+        qstore(L, _mm512_load_si512(c + r * 32), blk * 16, out, m + r, out_stride);
+        if (two)
+            qstore(L, _mm512_load_si512(c + r * 32 + 16), (blk + 1) * 16, out, m + r, out_stride);
+    }
+}
+
+static AMX void qlayer_rows_amx(const dlrm_qlayer *L, const uint8_t *x, int64_t x_stride,
+                                int64_t m0, int64_t m1, void *out, int64_t out_stride) {
+    int32_t c[2][32 * 32] __attribute__((aligned(64)));
+    const int64_t chunks = (L->k + 63) / 64, blocks = (L->n + 15) / 16, bb = L->kw * 64;
+    for (int64_t m = m0; m < m1; m += 32) {
+        const uint8_t *xa = x + m * x_stride, *xb = xa + 16 * x_stride;
+        const int64_t valid = m1 - m < 32 ? m1 - m : 32;
+        const int64_t per_kc = (valid + chunks - 1) / chunks;
+        int64_t prev = -1;
+        int prev_two = 0;
+        for (int64_t blk = 0; blk < blocks; blk += 2) {
+            const int two = blk + 1 < blocks;
+            const int cur = (int)((blk / 2) & 1);
+            const int32_t *pc = c[cur ^ 1];
+            const uint8_t *w0 = (const uint8_t *)L->w + blk * bb, *w1 = w0 + bb;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t kc = 0; kc < chunks; kc++) {
+                _tile_loadd(4, xa + kc * 64, x_stride);
+                _tile_loadd(5, xb + kc * 64, x_stride);
+                _tile_loadd(6, w0 + kc * 1024, 64);
+                _tile_dpbusd(0, 4, 6);
+                _tile_dpbusd(2, 5, 6);
+                if (two) {
+                    _tile_loadd(7, w1 + kc * 1024, 64);
+                    _tile_dpbusd(1, 4, 7);
+                    _tile_dpbusd(3, 5, 7);
+                }
+                /* the previous block's epilogue, a few rows per chunk: AVX-512 work that
+                 * runs while the tiles compute */
+                if (prev >= 0) {
+                    const int64_t r0 = kc * per_kc, r1 = r0 + per_kc < valid ? r0 + per_kc : valid;
+                    if (r0 < r1) qstore_rows(L, pc, prev, prev_two, m, r0, r1, out, out_stride);
+                }
+            }
+            int32_t *cc = c[cur];
+            _tile_stored(0, cc, 128);
+            _tile_stored(1, cc + 16, 128);
+            _tile_stored(2, cc + 16 * 32, 128);
+            _tile_stored(3, cc + 16 * 32 + 16, 128);
+            prev = blk;
+            prev_two = two;
+        }
+        qstore_rows(L, c[(prev / 2) & 1], prev, prev_two, m, 0, valid, out, out_stride);
+    }
+}
+
 /* qchain on AMX tiles (amx_int8's small batches in dlrm_forward_small, whose scratch has the
  * padding qgroup_amx reads). */
 static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
@@ -835,6 +906,44 @@ static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_la
         in_stride = scratch_stride;
     }
     amx_release();
+}
+
+/* The chain on uint8 rows x on AMX tiles, rows split between the threads of the enclosing
+ * parallel region in 32-row blocks, each thread running every layer on its own rows: no barrier
+ * between layers, and 2 x 2 tiles (qlayer_rows_amx). For many rows (qchain_amx shares out each
+ * layer's outputs instead, which keeps both threads busy on a few rows). x and the scratch must
+ * be readable for whole 32-row blocks. Ends with a barrier: the rows are all written. */
+static AMX void qchain_rows_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
+                                const void *x, int64_t x_stride, int32_t x_float,
+                                float x_inv_scale, float x_zero_point, uint8_t *scratch_a,
+                                uint8_t *scratch_b, int64_t scratch_stride, void *out,
+                                int64_t out_stride) {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t blocks = (rows + 31) / 32;
+    const int64_t m0 = blocks * id / nt * 32, b1 = blocks * (id + 1) / nt * 32;
+    const int64_t m1 = b1 < rows ? b1 : rows;
+    if (m0 < m1) {
+        const uint8_t *in = (const uint8_t *)x;
+        int64_t in_stride = x_stride;
+        if (x_float) { /* this thread's rows only */
+            for (int64_t m = m0; m < m1; m++)
+                quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale,
+                            x_zero_point, scratch_b + m * scratch_stride);
+            in = scratch_b;
+            in_stride = scratch_stride;
+        }
+        amx_configure();
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int last = l + 1 == n_layers;
+            uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
+            qlayer_rows_amx(&layers[l], in, in_stride, m0, m1, last ? out : (void *)dst,
+                            last ? out_stride : scratch_stride);
+            in = dst;
+            in_stride = scratch_stride;
+        }
+        amx_release();
+    }
+#pragma omp barrier
 }
 
 static int qchain_ok(const dlrm_qlayer *layers, int32_t n_layers, int32_t x_float,
@@ -1261,7 +1370,8 @@ static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 /* Bytes of scratch dlrm_forward_small needs for rows. */
 int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows) {
     const int64_t n = m->num_tables + 1, width = m->dim + n * (n - 1) / 2;
-    rows = (rows + 15) / 16 * 16 + 1; /* the AMX chains read whole 16-row blocks, 32-wide k's */
+    rows = (rows + 31) / 32 * 32 + 1; /* the AMX chains read whole 16- or 32-row blocks, and
+                                       * whole 32- or 64-byte k chunks */
     return 2 * align64(rows * m->width * 4) + align64(rows * m->dim * 4)
            + align64(rows * width * 4);
 }
@@ -1298,7 +1408,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         return -1; /* the bottom's output: bf16 values as float32; the probabilities float32 */
 #undef CHAIN_SHAPE
     if (!dlrm_one_hot(offsets, off_stride_t, off_stride_b, m->num_tables, rows)) return 1;
-    const int64_t padded = (rows + 15) / 16 * 16 + 1; /* as dlrm_small_scratch_bytes */
+    const int64_t padded = (rows + 31) / 32 * 32 + 1; /* as dlrm_small_scratch_bytes */
     char *a = scratch, *b = a + align64(padded * m->width * 4);
     float *x = (float *)(b + align64(padded * m->width * 4));
     void *z = (char *)x + align64(padded * m->dim * 4);
@@ -1307,10 +1417,15 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
      * 4 rows 62 / 66, 8 rows 93 / 74, 16 rows 160 / 89) */
     const int tiles = m->amx && rows >= AMX_CHAIN_MIN_ROWS && dlrm_amx_ready();
     const int bamx = bf && tiles, qamx = q8 && tiles;
+    /* many rows: the int8 chains' rows split between the threads (qchain_rows_amx) */
+    const int row_split = qamx && rows >= AMX_ROW_SPLIT_MIN_ROWS * threads;
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        if (q8) {
+        if (q8 && row_split) {
+            qchain_rows_amx(rows, m->bottom, m->n_bottom, dense, dense_stride, 1, m->x_inv_scale,
+                            m->x_zp, (uint8_t *)a, (uint8_t *)b, m->width, x, m->dim);
+        } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
                                          m->x_inv_scale, m->x_zp, (uint8_t *)a, (uint8_t *)b,
                                          m->width, x, m->dim);
@@ -1326,14 +1441,18 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
-        if (q8)
+        if (q8 && row_split) {
+            qchain_rows_amx(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a,
+                            (uint8_t *)b, m->width, out, 1);
+        } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f,
                                          (uint8_t *)a, (uint8_t *)b, m->width, out, 1);
-        else if (bf)
+        } else if (bf) {
             (bamx ? bchain_amx : bchain)(rows, m->top, m->n_top, (const uint16_t *)z, zwidth,
                                          (uint16_t *)a, (uint16_t *)b, m->width, out, 1);
-        else
+        } else {
             fchain(rows, m->top, m->n_top, z, zwidth, (float *)a, (float *)b, m->width, out, 1);
+        }
     }
     return bad_id ? -2 : 0;
 }
