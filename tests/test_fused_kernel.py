@@ -575,8 +575,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     and the kernels use AMX only for the interaction's Gram matrix, where the CPU has it);
     DLRM_BENCH_FUSED=0 gives their torch path (the AMX bmm) back, and the two agree. amx_int8
     (VNNI), amx_bfloat16 (AVX512-BF16) and amx_bfloat32 (AVX-512 fp32) also take small batches
-    in one call, up to their own (lower) limits; bigger ones go to oneDNN (on AMX tiles,
-    amx_int8 and amx_bfloat32 take them in chunks of that call)."""
+    in one call, up to their own (lower) limits; bigger ones go to oneDNN (on AMX tiles: in
+    chunks of that call)."""
     if not HAS_KERNEL_CPU or not {"avx512_bf16", "avx512_vnni"} <= cpu_flags():
         pytest.skip("needs AVX-512 BW/VL/DQ, BF16 and VNNI for these plans' oneDNN GEMMs")
     spec = get_preset("tiny")
@@ -611,8 +611,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
         limit, isa = limits[precision]
         assert with_kernels.kernels["small_batches"] == (
             f"one C call ({isa} MLPs) up to {limit} rows per thread")
-        # on tiles amx_bfloat32 and amx_int8 run bigger batches in chunks of that call too
-        assert with_kernels.small_chunks == (tiles and precision != "amx_bfloat16")
+        # on tiles bigger batches run in chunks of that call too
+        assert with_kernels.small_chunks == tiles
         assert with_kernels.small_forward is not None
         real = with_kernels.small_forward
 

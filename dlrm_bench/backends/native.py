@@ -144,7 +144,7 @@ SMALL_AMX_BF32_ROWS_PER_THREAD = 16
 # rows 4562 / 5509 (benchmarks/results/small-batch-amx-tiles.json). amx_bfloat32, whose general
 # path is slower: 1 thread 16 rows 358 / 1281, 1024 rows 9772 / 14121; 2 threads 1024 rows
 # 5230 / 6452 (small-batch-amx-bf32-tiles.json): it runs bigger batches in chunks of that call.
-SMALL_AMX_TILES_ROWS_PER_THREAD = 512
+SMALL_AMX_TILES_ROWS_PER_THREAD = 1024
 # amx_int8's int8 chains on AMX tiles (TDPBUSD, from 8 rows; fewer run on VNNI), same benchmark
 # (small-batch-amx-int8-tiles.json), us, one call / general path: 1 thread 16 rows 227 / 630,
 # 256 rows 1260 / 1734, 1024 rows 5005 / 5074; 2 threads 16 rows 86 / 490, 256 rows 796 / 1208.
@@ -324,13 +324,11 @@ class PreparedModel:
             limit = (SMALL_AMX_INT8_TILES_ROWS_PER_THREAD if int8
                      else SMALL_AMX_TILES_ROWS_PER_THREAD)
         self.small_rows_per_thread = limit
-        # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations),
-        # amx_bfloat32 on tiles (ahead of oneDNN's bf32 linears up to 1024 rows per thread) and
-        # amx_int8 on tiles (its top chain's rows split between threads: ahead of oneDNN's
-        # int8 linears at every size measured)
-        int8_tiles = int8 and self.small_forward.amx
-        self.small_chunks = bf32_tiles or int8_tiles or (self.precision == "avx_fp32"
-                                                         and SMALL_FLOAT_CHUNKS_BIG_BATCHES)
+        # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations) and
+        # the amx_* plans on AMX tiles (their chains' rows split between the threads from 64
+        # rows per thread: ahead of oneDNN's linears at every size measured)
+        self.small_chunks = self.small_forward.amx or (self.precision == "avx_fp32"
+                                                       and SMALL_FLOAT_CHUNKS_BIG_BATCHES)
         self.kernels["small_batches"] = f"one C call ({mlps} MLPs) up to {limit} rows per thread"
         if self.small_chunks:
             self.kernels["big_batches"] = f"the same C call, in chunks of {limit} rows per thread"

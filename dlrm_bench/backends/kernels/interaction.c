@@ -158,7 +158,7 @@ typedef struct {
  * request; torch's oneDNN asks too, but only once it runs an AMX kernel itself. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define AMX_CHAIN_MIN_ROWS 8
-#define AMX_ROW_SPLIT_MIN_ROWS 64 /* per thread: the int8 top chain's rows split (qchain_rows_amx) */
+#define AMX_ROW_SPLIT_MIN_ROWS 64 /* per thread: the chains' rows split (chain_rows_amx) */
 #define XFEATURE_XTILEDATA 18
 
 /* 1 when the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use them. */
@@ -808,71 +808,6 @@ static AMX void qgroup_amx(const dlrm_qlayer *L, int nb, int64_t blk, const uint
     }
 }
 
-/* One int8 layer on rows m0..m1 of x (this thread's: rows split between threads, so the layers
- * of a chain need no barrier between them) on AMX with 2 x 2 tiles: 32 rows (A tiles 4, 5, read
- * once per 64-k chunk and kept in L1 across the output blocks) x 32 outputs (B tiles 6, 7), four
- * C tiles, four TDPBUSD per chunk for four tile loads (tile_rows_amx's 16 rows x 64 outputs: five
- * loads per four). x must be readable for whole 32-row blocks and 64-byte chunks. */
-/* The epilogue of rows r0..r1 of a 32 x 32 C block (of the output blocks blk, blk + 1). */
-static inline AMX void qstore_rows(const dlrm_qlayer *L, const int32_t *c, int64_t blk, int two,
-                                   int64_t m, int64_t r0, int64_t r1, void *out,
-                                   int64_t out_stride) {
-    for (int64_t r = r0; r < r1; r++) {
-        qstore(L, _mm512_load_si512(c + r * 32), blk * 16, out, m + r, out_stride);
-        if (two)
-            qstore(L, _mm512_load_si512(c + r * 32 + 16), (blk + 1) * 16, out, m + r, out_stride);
-    }
-}
-
-static AMX void qlayer_rows_amx(const dlrm_qlayer *L, const uint8_t *x, int64_t x_stride,
-                                int64_t m0, int64_t m1, void *out, int64_t out_stride) {
-    int32_t c[2][32 * 32] __attribute__((aligned(64)));
-    const int64_t chunks = (L->k + 63) / 64, blocks = (L->n + 15) / 16, bb = L->kw * 64;
-    for (int64_t m = m0; m < m1; m += 32) {
-        const uint8_t *xa = x + m * x_stride, *xb = xa + 16 * x_stride;
-        const int64_t valid = m1 - m < 32 ? m1 - m : 32;
-        const int64_t per_kc = (valid + chunks - 1) / chunks;
-        int64_t prev = -1;
-        int prev_two = 0;
-        for (int64_t blk = 0; blk < blocks; blk += 2) {
-            const int two = blk + 1 < blocks;
-            const int cur = (int)((blk / 2) & 1);
-            const int32_t *pc = c[cur ^ 1];
-            const uint8_t *w0 = (const uint8_t *)L->w + blk * bb, *w1 = w0 + bb;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int64_t kc = 0; kc < chunks; kc++) {
-                _tile_loadd(4, xa + kc * 64, x_stride);
-                _tile_loadd(5, xb + kc * 64, x_stride);
-                _tile_loadd(6, w0 + kc * 1024, 64);
-                _tile_dpbusd(0, 4, 6);
-                _tile_dpbusd(2, 5, 6);
-                if (two) {
-                    _tile_loadd(7, w1 + kc * 1024, 64);
-                    _tile_dpbusd(1, 4, 7);
-                    _tile_dpbusd(3, 5, 7);
-                }
-                /* the previous block's epilogue, a few rows per chunk: AVX-512 work that
-                 * runs while the tiles compute */
-                if (prev >= 0) {
-                    const int64_t r0 = kc * per_kc, r1 = r0 + per_kc < valid ? r0 + per_kc : valid;
-                    if (r0 < r1) qstore_rows(L, pc, prev, prev_two, m, r0, r1, out, out_stride);
-                }
-            }
-            int32_t *cc = c[cur];
-            _tile_stored(0, cc, 128);
-            _tile_stored(1, cc + 16, 128);
-            _tile_stored(2, cc + 16 * 32, 128);
-            _tile_stored(3, cc + 16 * 32 + 16, 128);
-            prev = blk;
-            prev_two = two;
-        }
-        qstore_rows(L, c[(prev / 2) & 1], prev, prev_two, m, 0, valid, out, out_stride);
-    }
-}
-
 /* qchain on AMX tiles (amx_int8's small batches in dlrm_forward_small, whose scratch has the
  * padding qgroup_amx reads). */
 static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
@@ -906,44 +841,6 @@ static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_la
         in_stride = scratch_stride;
     }
     amx_release();
-}
-
-/* The chain on uint8 rows x on AMX tiles, rows split between the threads of the enclosing
- * parallel region in 32-row blocks, each thread running every layer on its own rows: no barrier
- * between layers, and 2 x 2 tiles (qlayer_rows_amx). For many rows (qchain_amx shares out each
- * layer's outputs instead, which keeps both threads busy on a few rows). x and the scratch must
- * be readable for whole 32-row blocks. Ends with a barrier: the rows are all written. */
-static AMX void qchain_rows_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers,
-                                const void *x, int64_t x_stride, int32_t x_float,
-                                float x_inv_scale, float x_zero_point, uint8_t *scratch_a,
-                                uint8_t *scratch_b, int64_t scratch_stride, void *out,
-                                int64_t out_stride) {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t blocks = (rows + 31) / 32;
-    const int64_t m0 = blocks * id / nt * 32, b1 = blocks * (id + 1) / nt * 32;
-    const int64_t m1 = b1 < rows ? b1 : rows;
-    if (m0 < m1) {
-        const uint8_t *in = (const uint8_t *)x;
-        int64_t in_stride = x_stride;
-        if (x_float) { /* this thread's rows only */
-            for (int64_t m = m0; m < m1; m++)
-                quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale,
-                            x_zero_point, scratch_b + m * scratch_stride);
-            in = scratch_b;
-            in_stride = scratch_stride;
-        }
-        amx_configure();
-        for (int32_t l = 0; l < n_layers; l++) {
-            const int last = l + 1 == n_layers;
-            uint8_t *dst = (l % 2 == 0) ? scratch_a : scratch_b;
-            qlayer_rows_amx(&layers[l], in, in_stride, m0, m1, last ? out : (void *)dst,
-                            last ? out_stride : scratch_stride);
-            in = dst;
-            in_stride = scratch_stride;
-        }
-        amx_release();
-    }
-#pragma omp barrier
 }
 
 static int qchain_ok(const dlrm_qlayer *layers, int32_t n_layers, int32_t x_float,
@@ -1304,6 +1201,142 @@ static AMX void bchain_amx(int64_t rows, const dlrm_blayer *layers, int32_t n_la
     amx_release();
 }
 
+/* Many rows: the chains' rows split between the threads in 32-row blocks, each thread running
+ * every layer on its own rows (no barrier between layers), 2 x 2 tiles per block: 32 rows (A
+ * tiles 4, 5) x 32 outputs (B tiles 6, 7), four TDPBUSD / TDPBF16PS per 64-byte k chunk for four
+ * tile loads (tile_rows_amx: five loads per four), the rows' 32 x K bytes staying in L1 across
+ * the output blocks. The epilogue (qstore / bstore: measured to cost as much as the sums
+ * themselves when run after them) of one block runs a few rows per chunk while the tiles of the
+ * next compute. The same layers, packing, sums and rounding as the other chains. */
+
+/* The epilogue of rows r0..r1 of a 32 x 32 block of sums c (output blocks blk, blk + 1). */
+static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c, int64_t blk,
+                                  int two, int64_t m, int64_t r0, int64_t r1, void *out,
+                                  int64_t out_stride) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int b = 0; b <= two; b++) {
+            const int32_t *v = c + r * 32 + b * 16;
+            if (bf16)
+                bstore((const dlrm_blayer *)layer, _mm512_load_ps((const float *)v),
+                       (blk + b) * 16, out, m + r, out_stride);
+            else
+                qstore((const dlrm_qlayer *)layer, _mm512_load_si512(v), (blk + b) * 16, out,
+                       m + r, out_stride);
+        }
+}
+
+/* One layer (a dlrm_qlayer, or a dlrm_blayer with bf16) on rows m0..m1 of x (x_bytes apart,
+ * readable for whole 32-row blocks and 64-byte chunks); w: its packed weights, the 16-output
+ * blocks block_bytes apart, each 1 KB per chunk. */
+static AMX void layer_rows_amx(int bf16, const void *layer, const uint8_t *w, int64_t block_bytes,
+                               int64_t chunks, int64_t n, const uint8_t *x, int64_t x_bytes,
+                               int64_t m0, int64_t m1, void *out, int64_t out_stride) {
+    int32_t c[2][32 * 32] __attribute__((aligned(64)));
+    const int64_t blocks = (n + 15) / 16;
+    for (int64_t m = m0; m < m1; m += 32) {
+        const uint8_t *xa = x + m * x_bytes, *xb = xa + 16 * x_bytes;
+        const int64_t valid = m1 - m < 32 ? m1 - m : 32;
+        const int64_t per_chunk = (valid + chunks - 1) / chunks;
+        int64_t prev = -1;
+        int prev_two = 0;
+        for (int64_t blk = 0; blk < blocks; blk += 2) {
+            const int two = blk + 1 < blocks;
+            const int32_t *done = c[((blk / 2) & 1) ^ 1];
+            const uint8_t *w0 = w + blk * block_bytes, *w1 = w0 + block_bytes;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t kc = 0; kc < chunks; kc++) {
+                _tile_loadd(4, xa + kc * 64, x_bytes);
+                _tile_loadd(5, xb + kc * 64, x_bytes);
+                _tile_loadd(6, w0 + kc * 1024, 64);
+                if (bf16) {
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(2, 5, 6);
+                } else {
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(2, 5, 6);
+                }
+                if (two) {
+                    _tile_loadd(7, w1 + kc * 1024, 64);
+                    if (bf16) {
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(3, 5, 7);
+                    } else {
+                        _tile_dpbusd(1, 4, 7);
+                        _tile_dpbusd(3, 5, 7);
+                    }
+                }
+                if (prev >= 0) { /* the previous block's epilogue, while the tiles compute */
+                    const int64_t r0 = kc * per_chunk;
+                    const int64_t r1 = r0 + per_chunk < valid ? r0 + per_chunk : valid;
+                    if (r0 < r1)
+                        store_rows(bf16, layer, done, prev, prev_two, m, r0, r1, out, out_stride);
+                }
+            }
+            int32_t *cc = c[(blk / 2) & 1];
+            _tile_stored(0, cc, 128);
+            _tile_stored(1, cc + 16, 128);
+            _tile_stored(2, cc + 16 * 32, 128);
+            _tile_stored(3, cc + 16 * 32 + 16, 128);
+            prev = blk;
+            prev_two = two;
+        }
+        store_rows(bf16, layer, c[(prev / 2) & 1], prev, prev_two, m, 0, valid, out, out_stride);
+    }
+}
+
+/* A chain (dlrm_qlayer or, with bf16, dlrm_blayer layers) on this thread's rows of x: uint8 or
+ * bf16 rows x_stride elements apart, or (int8, x_float) float32 rows quantized first, the
+ * thread's own. Intermediate rows alternate between scratch_a / scratch_b (scratch_stride
+ * elements). Called inside a parallel region; ends with a barrier (all rows written). */
+static AMX void chain_rows_amx(int bf16, int64_t rows, const void *layers, int32_t n_layers,
+                               const void *x, int64_t x_stride, int32_t x_float,
+                               float x_inv_scale, float x_zero_point, void *scratch_a,
+                               void *scratch_b, int64_t scratch_stride, void *out,
+                               int64_t out_stride) {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t blocks = (rows + 31) / 32, esize = bf16 ? 2 : 1;
+    const int64_t m0 = blocks * id / nt * 32, b1 = blocks * (id + 1) / nt * 32;
+    const int64_t m1 = b1 < rows ? b1 : rows;
+    if (m0 < m1) {
+        const uint8_t *in = (const uint8_t *)x;
+        int64_t in_bytes = x_stride * esize;
+        if (x_float && !bf16) {
+            const dlrm_qlayer *first = (const dlrm_qlayer *)layers;
+            for (int64_t m = m0; m < m1; m++)
+                quantize_to((const float *)x + m * x_stride, first->k, x_inv_scale,
+                            x_zero_point, (uint8_t *)scratch_b + m * scratch_stride);
+            in = (const uint8_t *)scratch_b;
+            in_bytes = scratch_stride;
+        }
+        amx_configure();
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int last = l + 1 == n_layers;
+            void *dst = (l % 2 == 0) ? scratch_a : scratch_b;
+            const void *layer;
+            const uint8_t *w;
+            int64_t block_bytes, chunks, n;
+            if (bf16) {
+                const dlrm_blayer *L = (const dlrm_blayer *)layers + l;
+                layer = L, w = (const uint8_t *)L->w, block_bytes = L->kp * 64;
+                chunks = (L->k + 31) / 32, n = L->n;
+            } else {
+                const dlrm_qlayer *L = (const dlrm_qlayer *)layers + l;
+                layer = L, w = (const uint8_t *)L->w, block_bytes = L->kw * 64;
+                chunks = (L->k + 63) / 64, n = L->n;
+            }
+            layer_rows_amx(bf16, layer, w, block_bytes, chunks, n, in, in_bytes, m0, m1,
+                           last ? out : dst, last ? out_stride : scratch_stride);
+            in = (const uint8_t *)dst;
+            in_bytes = scratch_stride * esize;
+        }
+        amx_release();
+    }
+#pragma omp barrier
+}
+
 /* Inner layers emit bf16, the last one float32 (out 1 or 2). */
 static int bchain_ok(const dlrm_blayer *layers, int32_t n_layers, int64_t scratch_stride) {
     if (n_layers <= 0 || n_layers > MAX_LAYERS) return 0;
@@ -1417,14 +1450,14 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
      * 4 rows 62 / 66, 8 rows 93 / 74, 16 rows 160 / 89) */
     const int tiles = m->amx && rows >= AMX_CHAIN_MIN_ROWS && dlrm_amx_ready();
     const int bamx = bf && tiles, qamx = q8 && tiles;
-    /* many rows: the int8 chains' rows split between the threads (qchain_rows_amx) */
-    const int row_split = qamx && rows >= AMX_ROW_SPLIT_MIN_ROWS * threads;
+    /* many rows: the chains' rows split between the threads (chain_rows_amx) */
+    const int row_split = (qamx || bamx) && rows >= AMX_ROW_SPLIT_MIN_ROWS * threads;
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         if (q8 && row_split) {
-            qchain_rows_amx(rows, m->bottom, m->n_bottom, dense, dense_stride, 1, m->x_inv_scale,
-                            m->x_zp, (uint8_t *)a, (uint8_t *)b, m->width, x, m->dim);
+            chain_rows_amx(0, rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
+                           m->x_inv_scale, m->x_zp, a, b, m->width, x, m->dim);
         } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
                                          m->x_inv_scale, m->x_zp, (uint8_t *)a, (uint8_t *)b,
@@ -1432,8 +1465,13 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         } else if (bf) { /* the dense rows in bf16 go where z will be (free until the gather) */
             const int64_t k0 = ((const dlrm_blayer *)m->bottom)[0].k;
             rows_to_bf16(rows, k0, dense, dense_stride, (uint16_t *)z);
-            (bamx ? bchain_amx : bchain)(rows, m->bottom, m->n_bottom, (const uint16_t *)z, k0,
-                                         (uint16_t *)a, (uint16_t *)b, m->width, x, m->dim);
+            if (row_split)
+                chain_rows_amx(1, rows, m->bottom, m->n_bottom, z, k0, 0, 1.0f, 0.0f, a, b,
+                               m->width, x, m->dim);
+            else
+                (bamx ? bchain_amx : bchain)(rows, m->bottom, m->n_bottom, (const uint16_t *)z,
+                                             k0, (uint16_t *)a, (uint16_t *)b, m->width, x,
+                                             m->dim);
         } else {
             fchain(rows, m->bottom, m->n_bottom, dense, dense_stride, (float *)a, (float *)b,
                    m->width, x, m->dim);
@@ -1441,9 +1479,9 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
-        if (q8 && row_split) {
-            qchain_rows_amx(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, (uint8_t *)a,
-                            (uint8_t *)b, m->width, out, 1);
+        if (row_split) {
+            chain_rows_amx(bf, rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, a, b, m->width,
+                           out, 1);
         } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f,
                                          (uint8_t *)a, (uint8_t *)b, m->width, out, 1);
