@@ -14,6 +14,9 @@ kernel supports it; the peak is the best (kernel, size)'s best timing:
   weight.
 - avx_int8 / amx_int8: ``torch._int_mm`` (s8 x s8 -> s32) and oneDNN ``qlinear_pointwise``
   (u8 x s8, fp32 out, prepacked), under the avx (VNNI) or amx ISA cap.
+- the amx_* precisions also: dlrm-bench's own AMX tile GEMM, the kernel its one-call forward
+  runs the MLPs with (``fused.layer_on_tiles``: u8 x s8 or bf16, fp32 out; amx_bfloat32 on its
+  values rounded to bf16), so that the roofline is the best kernel available, ours included.
 
 A kernel's timing: 2 warmup calls, then ``rounds`` rounds of calls lasting >= 0.3 s each; the
 fastest round's mean. Writes ``{"precision", "sizes", "threads", "kernels": {"name @n":
@@ -28,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,13 +63,15 @@ def kernels(precision: str, n: int) -> dict[str, Callable[[], object]]:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, n)
         return {"torch.mm fp32": lambda: torch.mm(a, w),
                 "onednn linear fp32 (prepacked)":
-                    lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")}
+                    lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""),
+                **_own_tiles(precision, a, w)}
     if precision == "amx_bfloat16":
         ab, wb = a.bfloat16(), w.bfloat16()
         packed = torch.ops.mkldnn._reorder_linear_weight(wb, n)
         return {"torch.mm bf16": lambda: torch.mm(ab, wb),
                 "onednn linear bf16 (prepacked)":
-                    lambda: torch.ops.mkldnn._linear_pointwise(ab, packed, None, "none", [], "")}
+                    lambda: torch.ops.mkldnn._linear_pointwise(ab, packed, None, "none", [], ""),
+                **_own_tiles(precision, a, w)}
     a8 = torch.randint(-100, 100, (n, n), dtype=torch.int8, generator=g)
     w8 = torch.randint(-100, 100, (n, n), dtype=torch.int8, generator=g)
     u8 = torch.randint(0, 255, (n, n), dtype=torch.uint8, generator=g)
@@ -76,7 +82,40 @@ def kernels(precision: str, n: int) -> dict[str, Callable[[], object]]:
     return {"torch._int_mm s8s8s32": lambda: torch._int_mm(a8, w8t),
             "onednn qlinear u8s8 (prepacked)": lambda: torch.ops.onednn.qlinear_pointwise(
                 u8, 0.05, 128, packed8, w_scales, w_zps, None, 1.0, 0, torch.float32, "none",
-                [], "")}
+                [], ""),
+            **_own_tiles(precision, u8, w8)}
+
+
+def _own_tiles(precision: str, x: object, weight: object) -> dict[str, Callable[[], object]]:
+    """dlrm-bench's own GEMM on AMX tiles, the one-call path's MLP kernel (``fused.
+    layer_on_tiles``: rows split between the threads, 2 x 2 tiles, float32 out): for the amx_*
+    precisions where the tiles are usable. amx_bfloat32 runs it on its fp32 values rounded to
+    bf16, as oneDNN's bf16 math mode does (and as its one-call path does)."""
+    if not precision.startswith("amx_"):
+        return {}
+    import torch
+
+    from dlrm_bench.backends import fused
+    from dlrm_bench.backends import native_int8 as q8
+
+    n = int(weight.shape[0])
+    try:
+        if precision == "amx_int8":
+            w_scales = torch.full((n,), 0.01)
+            layer = q8.QLinear(weight, w_scales, torch.zeros(n), (0.05, 128), None,
+                               torch.float32, relu=False, batch_hint=n)
+            chain: fused.SmallQMLP | fused.SmallBMLP = fused.SmallQMLP([layer])
+            rows = x
+        else:
+            layer = SimpleNamespace(weight=weight.bfloat16(), bias=torch.zeros(n), post="none")
+            chain = fused.SmallBMLP([layer])
+            rows = x.bfloat16()
+        fused.layer_on_tiles(chain, rows)  # refused here, not in the timing
+    except (fused.KernelUnavailable, ValueError):
+        return {}
+    name = "dlrm-bench AMX tiles u8s8 (row split)" if precision == "amx_int8" else (
+        "dlrm-bench AMX tiles bf16 (row split)")
+    return {name: lambda: fused.layer_on_tiles(chain, rows)}
 
 
 def measure(precision: str, threads: int, sizes: list[int]) -> dict[str, object]:

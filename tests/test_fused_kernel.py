@@ -603,9 +603,8 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
               "amx_bfloat32": (native.SMALL_AMX_BF32_ROWS_PER_THREAD, "AVX-512 fp32")}
     tiles = fused.amx_int8_ready() if precision == "amx_int8" else fused.amx_bf16_ready()
     if tiles:  # the chains on AMX tiles (amx_bfloat32's with its weights rounded to bf16)
-        limits[precision] = ((native.SMALL_AMX_INT8_TILES_ROWS_PER_THREAD, "AMX int8")
-                             if precision == "amx_int8"
-                             else (native.SMALL_AMX_TILES_ROWS_PER_THREAD, "AMX bf16"))
+        limits[precision] = (native.SMALL_AMX_TILES_ROWS_PER_THREAD,
+                             "AMX int8" if precision == "amx_int8" else "AMX bf16")
     calls: list[int] = []
     if precision in limits:
         limit, isa = limits[precision]
@@ -697,3 +696,31 @@ def test_amx_int8_top_on_padded_rows_and_head_in_c_equals_the_plain_top() -> Non
         plain = prepared(*args)
     assert lean.shape == (300, 1)
     torch.testing.assert_close(lean, plain, rtol=0, atol=1e-6)
+
+
+def test_layer_on_tiles_equals_the_chains_and_checks_its_shapes() -> None:
+    """fused.layer_on_tiles (harness_peaks' view of the one-call path's AMX GEMM): the int8
+    chain's sums exactly, the bf16 chain's to float32 rounding, for an output count that is not
+    a multiple of the 32-output tile pair; rows not in 32-row blocks are refused."""
+    if not (HAS_KERNEL_CPU and fused.amx_int8_ready() and fused.amx_bf16_ready()):
+        pytest.skip("needs AMX tiles")
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(9)
+    k, n, rows = 128, 48, 96
+    weight_q, w_scales = q8.quantize_weight(torch.randn(n, k, generator=g) * 0.05)
+    layer = q8.QLinear(weight_q, w_scales, torch.randn(n, generator=g) * 0.1, (0.04, 100), None,
+                       torch.float32, relu=True, batch_hint=1024)
+    chain = fused.SmallQMLP([layer])
+    x = torch.randint(0, 256, (rows, k), dtype=torch.uint8, generator=g)
+    got = fused.layer_on_tiles(chain, x)
+    assert got.shape == (rows, n) and float(got.std()) > 0
+    torch.testing.assert_close(got, chain(x), rtol=0, atol=0)
+    bf = SimpleNamespace(weight=(torch.randn(n, k, generator=g) * 0.05).bfloat16(),
+                         bias=torch.randn(n, generator=g) * 0.1, post="none")
+    bchain = fused.SmallBMLP([bf])
+    xb = torch.randn(rows, k, generator=g).bfloat16()
+    torch.testing.assert_close(fused.layer_on_tiles(bchain, xb), bchain(xb), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        fused.layer_on_tiles(chain, x[:40].contiguous())

@@ -171,6 +171,9 @@ def load() -> ctypes.CDLL:
     fwd = lib.dlrm_forward_small
     fwd.restype = ctypes.c_int
     fwd.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int32]
+    tiles = lib.dlrm_layer_tiles
+    tiles.restype = ctypes.c_int
+    tiles.argtypes = [ctypes.c_int32, ptr, i64, ptr, i64, ptr, i64, ctypes.c_int32]
     return lib
 
 
@@ -508,6 +511,29 @@ class SmallBMLP:
         if code != 0:
             raise RuntimeError(f"small bf16 MLP kernel refused its arguments ({code})")
         return out
+
+
+def layer_on_tiles(chain: SmallQMLP | SmallBMLP, x: torch.Tensor) -> torch.Tensor:
+    """The one layer of ``chain`` on ``x`` through the one-call path's AMX tile kernel (rows
+    split between the threads, 2 x 2 tiles): uint8 ``x`` for a ``SmallQMLP``, bf16 for a
+    ``SmallBMLP``; rows a multiple of 32, K a multiple of 64 bytes. For GEMM benchmarks
+    (``benchmarks/harness_peaks.py``); ``KernelUnavailable`` without usable AMX tiles."""
+    bf16 = isinstance(chain, SmallBMLP)
+    if len(chain.structs) != 1:
+        raise ValueError("layer_on_tiles runs a chain of one layer")
+    want = torch.bfloat16 if bf16 else torch.uint8
+    if x.dtype != want or x.dim() != 2 or x.shape[1] != chain.k or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous {want} [M, {chain.k}] tensor")
+    if not (amx_bf16_ready() if bf16 else amx_int8_ready()):
+        raise KernelUnavailable("AMX tiles are not usable here")
+    out_u8 = not bf16 and chain.out_u8
+    out = torch.empty(x.shape[0], chain.n, dtype=torch.uint8 if out_u8 else torch.float32)
+    code = chain.lib.dlrm_layer_tiles(int(bf16), ctypes.cast(chain.structs, ctypes.c_void_p),
+                                      x.shape[0], x.data_ptr(), x.stride(0), out.data_ptr(),
+                                      out.stride(0), torch.get_num_threads())
+    if code != 0:
+        raise ValueError("the tiles need rows in multiples of 32 and K in multiples of 64 bytes")
+    return out
 
 
 class SmallModel(ctypes.Structure):

@@ -18,9 +18,10 @@ amx_int8                                         cap), requantize + ReLU fused
 With the C kernels of ``fused.py`` (every plan): one-hot lookups and the interaction in one
 call (the amx_* plans' int8 / bf16 Gram matrices on AMX tiles); small batches through the whole
 forward in one call (up to 128 rows per thread for avx_fp32 and avx_int8; the amx_* plans' chains
-on AMX tiles up to 256 rows per thread for amx_int8 and 512 for amx_bfloat16 and amx_bfloat32,
-without usable tiles on VNNI / AVX512-BF16 / FMA up to 32 / 8 / 16); avx_fp32 and amx_bfloat32
-run bigger batches through that call too, in chunks of that size.
+on AMX tiles up to 1024 rows per thread, from 64 rows per thread with each thread's rows in
+32-row blocks of 2 x 2 tiles; without usable tiles on VNNI / AVX512-BF16 / FMA up to 32 / 8 /
+16); avx_fp32 and the amx_* plans on tiles run bigger batches through that call too, in chunks
+of that size (their MLPs then never go through oneDNN).
 
 The two int8 precisions run the same code; what differs is the process's oneDNN ISA cap
 (``dlrm_bench.cpu.isa_environment``), which must be set before torch is imported.
@@ -136,19 +137,25 @@ SMALL_FLOAT_ROWS_PER_THREAD = 128
 SMALL_AMX_INT8_ROWS_PER_THREAD = 32
 SMALL_AMX_BF16_ROWS_PER_THREAD = 8
 SMALL_AMX_BF32_ROWS_PER_THREAD = 16
-# amx_bfloat16 and amx_bfloat32 where the one-call bf16 chains run on AMX tiles (TDPBF16PS, 16
-# rows x 64 outputs per group; fused.SmallForward(amx=True)): the general path's oneDNN calls
-# cost more than the whole chain up to a few hundred rows. Same machine and benchmark,
-# amx_bfloat16, us per batch, one call / general path: 1 thread 16 rows 341 / 814, 128 rows
-# 1005 / 1592, 512 rows 3348 / 4129, 1024 rows 7680 / 7206; 2 threads 16 rows 223 / 594, 1024
-# rows 4562 / 5509 (benchmarks/results/small-batch-amx-tiles.json). amx_bfloat32, whose general
-# path is slower: 1 thread 16 rows 358 / 1281, 1024 rows 9772 / 14121; 2 threads 1024 rows
-# 5230 / 6452 (small-batch-amx-bf32-tiles.json): it runs bigger batches in chunks of that call.
+# The amx_* plans where the one-call chains run on AMX tiles (fused.SmallForward(amx=True)):
+# TDPBUSD for amx_int8, TDPBF16PS for amx_bfloat16 and amx_bfloat32 (its weights rounded to
+# bf16, as oneDNN's bf16 math mode does), from 8 rows per call (fewer: the AVX-512 chains).
+# Below 64 rows per thread each layer's groups of 64 outputs are shared out between the threads
+# (16 rows x 64 outputs per tile group); from 64 rows per thread each thread runs every layer on
+# its own rows, in 32-row blocks of 2 x 2 tiles with the epilogue overlapped (interaction.c
+# chain_rows_amx). First limits, with the group split only (benchmarks/small_batch.py,
+# small-batch-amx-tiles.json, -bf32-tiles, -int8-tiles; us per batch, one call / oneDNN path):
+# amx_bfloat16 2 threads 16 rows 223 / 594, 1024 rows 4562 / 5509; amx_int8 2 threads 16 rows
+# 86 / 490, 256 rows 796 / 1208, 1 thread 1024 rows 5005 / 5074 (a tie). With the row split
+# they are ahead at every size measured, so these plans run every batch through that call, in
+# chunks of this many rows per thread. Same machine, same process, alternating, samples/s,
+# oneDNN path / one call: amx_int8 256 rows 127k / 248k, 512 188k / 282k, 1024 251k / 340k,
+# 2048 249k / 299k (chunks of 512 rows per thread 291k); batch 2048, oneDNN path / group split
+# / row split: amx_bfloat16 95-140k / 154k / 209-224k, amx_bfloat32 52k / 143k / 193k. The
+# int8 top MLP's four GEMMs at 2048 rows: oneDNN 2.7 ms, the row-split tiles 2.2 ms (4.3 TOPS
+# of the 12.4 TOPS that TDPBUSD alone reaches on these 2 cores; without the epilogue the tiles
+# ran at 6.0).
 SMALL_AMX_TILES_ROWS_PER_THREAD = 1024
-# amx_int8's int8 chains on AMX tiles (TDPBUSD, from 8 rows; fewer run on VNNI), same benchmark
-# (small-batch-amx-int8-tiles.json), us, one call / general path: 1 thread 16 rows 227 / 630,
-# 256 rows 1260 / 1734, 1024 rows 5005 / 5074; 2 threads 16 rows 86 / 490, 256 rows 796 / 1208.
-SMALL_AMX_INT8_TILES_ROWS_PER_THREAD = 1024
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
 # allocates each layer's output. Under jemalloc with the seed's MALLOC_CONF (what the launcher
@@ -321,8 +328,7 @@ class PreparedModel:
             return
         if self.small_forward.amx:
             mlps = "AMX int8" if int8 else "AMX bf16"
-            limit = (SMALL_AMX_INT8_TILES_ROWS_PER_THREAD if int8
-                     else SMALL_AMX_TILES_ROWS_PER_THREAD)
+            limit = SMALL_AMX_TILES_ROWS_PER_THREAD
         self.small_rows_per_thread = limit
         # bigger batches in chunks of that call too: avx_fp32 (no per-batch allocations) and
         # the amx_* plans on AMX tiles (their chains' rows split between the threads from 64

@@ -1,6 +1,7 @@
 /* The native backend's C kernels (AVX-512, OpenMP): the fused one-hot embedding gather + dot
  * interaction (below), and whole small-batch MLPs in int8 (dlrm_qmlp_small), float32
- * (dlrm_fmlp_small) and bfloat16 (dlrm_bmlp_small) further down.
+ * (dlrm_fmlp_small) and bfloat16 (dlrm_bmlp_small) further down; dlrm_forward_small runs a whole
+ * forward in one call (on AMX tiles, for the amx_* plans, at every batch size).
  *
  * One call does, per sample b (rows of a batch in parallel):
  *   S = [x[b]; E_0[ids[0][b]]; ...; E_{T-1}[ids[T-1][b]]]            (T+1) x D, in L1
@@ -1335,6 +1336,22 @@ static AMX void chain_rows_amx(int bf16, int64_t rows, const void *layers, int32
         amx_release();
     }
 #pragma omp barrier
+}
+
+/* One layer (a dlrm_qlayer, or with bf16 a dlrm_blayer) on rows of x through chain_rows_amx:
+ * the one-call path's MLP kernel as a GEMM (benchmarks/harness_peaks.py). rows a multiple of 32
+ * and x's rows at least as wide as the k chunks the tiles read. -1 when they are not or AMX tiles
+ * are not usable. */
+int dlrm_layer_tiles(int32_t bf16, const void *layer, int64_t rows, const void *x,
+                     int64_t x_stride, void *out, int64_t out_stride, int32_t threads) {
+    const int64_t k = bf16 ? ((const dlrm_blayer *)layer)->k : ((const dlrm_qlayer *)layer)->k;
+    const int64_t chunk_bytes = bf16 ? (k + 31) / 32 * 64 : (k + 63) / 64 * 64;
+    if (rows <= 0 || rows % 32 || chunk_bytes > x_stride * (bf16 ? 2 : 1) || !dlrm_amx_ready())
+        return -1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    chain_rows_amx(bf16, rows, layer, 1, x, x_stride, 0, 1.0f, 0.0f, NULL, NULL, 0, out,
+                   out_stride);
+    return 0;
 }
 
 /* Inner layers emit bf16, the last one float32 (out 1 or 2). */
