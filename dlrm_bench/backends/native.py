@@ -154,7 +154,10 @@ SMALL_AMX_BF32_ROWS_PER_THREAD = 16
 # / row split: amx_bfloat16 95-140k / 154k / 209-224k, amx_bfloat32 52k / 143k / 193k. The
 # int8 top MLP's four GEMMs at 2048 rows: oneDNN 2.7 ms, the row-split tiles 2.2 ms (4.3 TOPS
 # of the 12.4 TOPS that TDPBUSD alone reaches on these 2 cores; without the epilogue the tiles
-# ran at 6.0).
+# ran at 6.0). benchmarks/small_batch.py after the change (small-batch-amx-rowsplit.json, tables
+# in normal memory, one call of the whole batch / oneDNN path, 2 threads): amx_int8 64 rows 3.40x,
+# 1024 1.40x, 2048 1.23x; amx_bfloat16 1.66x at 1024, 1.06x at 2048; amx_bfloat32 1.64x at 1024.
+# On 1 thread amx_bfloat16 was even at 1024 rows (0.98x) and behind at 2048 in one call (0.93x).
 SMALL_AMX_TILES_ROWS_PER_THREAD = 1024
 # avx_fp32 runs bigger batches through the same call too, in chunks of that many rows per
 # thread: it allocates nothing per batch (its scratch is reused), where the layer-by-layer path
