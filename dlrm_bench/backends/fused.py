@@ -551,7 +551,8 @@ class SmallModel(ctypes.Structure):
 
 
 class SmallForward:
-    """A whole forward for few-row batches in one C call (``dlrm_forward_small``): the bottom
+    """A whole forward in one C call (``dlrm_forward_small``; few-row batches, and on AMX tiles
+    every batch size, in chunks): the bottom
     chain, ``gather``'s lookups + interaction and the top chain (ending in the sigmoid), in one
     parallel region. ``bottom`` / ``top``: ``SmallFMLP``s; or ``SmallQMLP``s (bottom with
     ``float_input``, top with ``sigmoid``) with ``quantize``, the top input's (scale, zero

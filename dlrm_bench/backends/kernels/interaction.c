@@ -568,7 +568,8 @@ int dlrm_gather_interact(
  * Python between layers are most of the time. One call runs a chain of layers; layer l:
  *   y[m, n] = post(scale[n] * (sum_k x[m, k] * w[n, k] - x_zp * colsum[n]) + bias[n])
  * post = ReLU, sigmoid or none; then uint8 (round(y * out_inv_scale + out_zp), clamped: the next
- * layer's input; computed in one step, see qstore) or float32 (the chain's output). A float32 input is quantized first.
+ * layer's input; computed in one step, see qstore) or float32 (the chain's output). A float32
+ * input is quantized first.
  * Weights packed as [N/16][K/4][16][4] (N and K padded with zero weights), so one 64-byte load
  * holds 4 k's of 16 outputs and one vpdpbusd adds them to 16 accumulators. */
 #define MAX_LAYERS 16
@@ -722,22 +723,33 @@ static VNNI void qtile1(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t
     STORE4(a, m0);
 }
 
+/* The rows a chain's first layer reads: x itself (uint8), or float32 x quantized with its input
+ * qparams into scratch (rows shared out by an orphaned `omp for`, whose barrier ends it). */
+static const uint8_t *chain_input(int64_t rows, const dlrm_qlayer *first, const void *x,
+                                  int64_t x_stride, int32_t x_float, float x_inv_scale,
+                                  float x_zero_point, uint8_t *scratch, int64_t scratch_stride,
+                                  int64_t *in_stride) {
+    if (!x_float) {
+        *in_stride = x_stride;
+        return (const uint8_t *)x;
+    }
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < rows; m++)
+        quantize_to((const float *)x + m * x_stride, first->k, x_inv_scale, x_zero_point,
+                    scratch + m * scratch_stride);
+    *in_stride = scratch_stride;
+    return scratch;
+}
+
 /* The chain's layers inside a parallel region (orphaned `omp for`s; their implicit barriers
  * order the layers), or serially. Arguments as dlrm_qmlp_small's, checked there. */
 static VNNI void qchain(int64_t rows, const dlrm_qlayer *layers, int32_t n_layers, const void *x,
                         int64_t x_stride, int32_t x_float, float x_inv_scale, float x_zero_point,
                         uint8_t *scratch_a, uint8_t *scratch_b, int64_t scratch_stride,
                         void *out, int64_t out_stride) {
-    const uint8_t *in = (const uint8_t *)x;
-    int64_t in_stride = x_stride;
-    if (x_float) {
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < rows; m++)
-            quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale, x_zero_point,
-                        scratch_b + m * scratch_stride);
-        in = scratch_b;
-        in_stride = scratch_stride;
-    }
+    int64_t in_stride;
+    const uint8_t *in = chain_input(rows, layers, x, x_stride, x_float, x_inv_scale, x_zero_point,
+                                    scratch_b, scratch_stride, &in_stride);
     for (int32_t l = 0; l < n_layers; l++) {
         const dlrm_qlayer *L = &layers[l];
         const int last = l + 1 == n_layers;
@@ -815,16 +827,9 @@ static AMX void qchain_amx(int64_t rows, const dlrm_qlayer *layers, int32_t n_la
                            const void *x, int64_t x_stride, int32_t x_float, float x_inv_scale,
                            float x_zero_point, uint8_t *scratch_a, uint8_t *scratch_b,
                            int64_t scratch_stride, void *out, int64_t out_stride) {
-    const uint8_t *in = (const uint8_t *)x;
-    int64_t in_stride = x_stride;
-    if (x_float) {
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < rows; m++)
-            quantize_to((const float *)x + m * x_stride, layers[0].k, x_inv_scale, x_zero_point,
-                        scratch_b + m * scratch_stride);
-        in = scratch_b;
-        in_stride = scratch_stride;
-    }
+    int64_t in_stride;
+    const uint8_t *in = chain_input(rows, layers, x, x_stride, x_float, x_inv_scale, x_zero_point,
+                                    scratch_b, scratch_stride, &in_stride);
     amx_configure();
     for (int32_t l = 0; l < n_layers; l++) {
         const dlrm_qlayer *L = &layers[l];
@@ -1397,10 +1402,10 @@ int dlrm_bmlp_small(int64_t rows, const dlrm_blayer *layers, int32_t n_layers, c
     return 0;
 }
 
-/* A whole forward for a few rows in one call and one parallel region: bottom MLP, gather +
- * interaction, top MLP (+ sigmoid), float32 [rows, 1] probabilities in out. Instead of three
- * calls from Python, each with its own region: at batch 1 their fixed costs were ~1/4 of the
- * time. mlp_kind 0: dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
+/* A whole forward in one call and one parallel region: bottom MLP, gather + interaction, top MLP
+ * (+ sigmoid), float32 [rows, 1] probabilities in out. Instead of three calls from Python, each
+ * with its own region: at batch 1 their fixed costs were ~1/4 of the time (on AMX tiles, with the
+ * rows split between threads, it also beats oneDNN's linears for big batches). mlp_kind 0: dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
  * quantizes the dense input), the interaction quantized for the top's uint8 input; 2:
  * dlrm_blayer chains (the dense input rounded to bf16, the bottom's output bf16 values widened to
  * float32, the interaction rounded to bf16 for the top). */
@@ -1412,7 +1417,8 @@ typedef struct {
     int64_t num_tables, dim, row_bytes;
     int32_t table_kind, dots; /* dots: as dlrm_gather_interact's */
     const int64_t *table_addr, *table_rows;
-    int32_t amx; /* the chains on AMX tiles: mlp_kind 1 qchain_amx, 2 bchain_amx */
+    int32_t amx; /* the chains on AMX tiles: mlp_kind 1 qchain_amx, 2 bchain_amx; from
+                  * AMX_ROW_SPLIT_MIN_ROWS rows per thread chain_rows_amx for both */
 } dlrm_small_model;
 
 static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
