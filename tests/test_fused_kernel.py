@@ -724,3 +724,69 @@ def test_layer_on_tiles_equals_the_chains_and_checks_its_shapes() -> None:
                                atol=1e-5)
     with pytest.raises(ValueError, match="multiples of 32"):
         fused.layer_on_tiles(chain, x[:40].contiguous())
+
+
+@pytest.mark.parametrize("n", [40, 48, 64])
+def test_tile_epilogues_of_inner_layers_equal_the_chains(n: int) -> None:
+    """The tile path's own epilogues for inner layers (uint8 codes of an int8 layer, bf16 values
+    of a bf16 layer; the output blocks' constants held across rows): the int8 chain's codes
+    exactly, with and without a ReLU (whose least code is the zero point, not 0), and the bf16
+    values as rounded from float32 sums, for output counts in whole 32-output tile pairs, with a
+    lone 16-output block, and with a partly used block."""
+    if not (HAS_KERNEL_CPU and fused.amx_int8_ready() and fused.amx_bf16_ready()):
+        pytest.skip("needs AMX tiles")
+    import ctypes
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(n)
+    k, rows = 192, 96
+    for relu in (True, False):
+        weight_q, w_scales = q8.quantize_weight(torch.randn(n, k, generator=g) * 0.05)
+        layer = q8.QLinear(weight_q, w_scales, torch.randn(n, generator=g) * 0.1, (0.04, 100),
+                           (0.02, 37), None, relu=relu, batch_hint=1024)
+        chain = fused.SmallQMLP([layer])
+        assert chain.out_u8
+        x = torch.randint(0, 256, (rows, k), dtype=torch.uint8, generator=g)
+        got, want = fused.layer_on_tiles(chain, x), chain(x)
+        assert got.dtype == torch.uint8 and len(want.unique()) > 20
+        assert int(want.min()) == (37 if relu else 0) or not relu  # the ReLU's floor is used
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for post in ("relu", "none"):
+        weight = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+        bias = torch.randn(n, generator=g) * 0.1
+        bchain = fused.SmallBMLP([SimpleNamespace(weight=weight, bias=bias, post=post)])
+        bchain.structs[0].out = fused.B_OUT["bf16"]  # as an inner layer stores its output
+        xb = torch.randn(rows, k, generator=g).bfloat16()
+        out = torch.full((rows, n), float("nan"), dtype=torch.bfloat16)
+        code = bchain.lib.dlrm_layer_tiles(1, ctypes.cast(bchain.structs, ctypes.c_void_p), rows,
+                                           xb.data_ptr(), xb.stride(0), out.data_ptr(),
+                                           out.stride(0), torch.get_num_threads())
+        assert code == 0
+        sums = xb.float() @ weight.float().T + bias
+        want = (sums.relu() if post == "relu" else sums).bfloat16()
+        assert not out.isnan().any() and (float(out.min()) < 0) == (post == "none")
+        # float32 sums in another order: at most one bf16 step apart
+        torch.testing.assert_close(out.float(), want.float(), rtol=2 ** -7, atol=1e-6)
+
+
+@needs_kernel
+def test_int8_gram_with_dense_row_planes_keeps_float32_accuracy() -> None:
+    """amx_int8's interaction puts the dense row into the Gram matrix as a 24-bit fixed-point
+    row (three byte planes): rows that are constant (a zero step), far from zero, or spread
+    wide still give the torch ops' float32 dots to float32-like accuracy (each sample's error
+    within a few float32 steps of its largest output, as the float sums in another order)."""
+    tables, x, ids = tables_and_batch(64, seed=11)
+    weights = [fuse_tables(tables, "int8")]
+    bases = EmbeddingTables("int8", weights, SIZES).bases.view(-1).tolist()
+    kernel = fused.GatherInteraction(weights, SIZES, "int8", bases=bases, amx=True)
+    if kernel.dots != "amx":
+        pytest.skip("needs AMX tiles for the int8 Gram matrix")
+    x = x.clone()
+    x[:16] = 0.75  # constant rows
+    x[16:32] = x[16:32] * 0.01 + 300.0  # far from zero: the fixed point's offset carries them
+    x[32:48] = x[32:48] * 1000.0  # wide
+    expected = torch_path("int8", weights, x, ids)
+    out = torch.empty(64, WIDTH)
+    kernel(x, ids, out)
+    largest = expected.abs().amax(dim=1, keepdim=True)
+    assert bool(((out - expected).abs() <= largest * 2e-6 + 1e-5).all())

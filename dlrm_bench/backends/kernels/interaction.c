@@ -261,9 +261,65 @@ GRAM_AMX(gram_bf16_amx, _tile_dpbf16ps)
  * G' exact in int32 and in float32 (|G'| <= D 2^14 <= 2^23), and the c terms small (c is the
  * middle of the row's range), so the float32 result is as close as the dequantized dots.
  * vpdpbusd multiplies u8 by s8: sum q_i q'_j = G'_ij + 128 S'_j. The dense row x meets the rows
- * in float32: dot(x, v_j) = s_j sum x q'_j + c_j sum x. tri: row i (1..T) holds dot(i, 0..i-1). */
+ * in float32: dot(x, v_j) = s_j sum x q'_j + c_j sum x. tri: row i (1..T) holds dot(i, 0..i-1).
+ * int8_triangle_out writes tri from the scratch's per-table sums (scale, center, S, S', xq) and
+ * the rows' integer dots: from the Gram matrix gram (sum q_i q_j, AMX) or, without one, by
+ * vpdpbusd on qu and qs. */
+static VNNI void int8_triangle_out(dot_scratch *w, int64_t num_tables, int64_t dim, float x_sum,
+                                   const int32_t *gram, float *tri) {
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t i = 1; i <= num_tables; i++) {
+        const int64_t ti = i - 1; /* table row of S row i; S rows 1..i-1 are table rows 0..i-2 */
+        tri[0] = w->scale[ti] * w->xq[ti] + w->center[ti] * x_sum;
+        const uint8_t *qi = w->qu + ti * dim;
+        int64_t j = 0;
+        if (gram) { /* sum q_i q'_j = G_ij - 128 S_i */
+            const __m512i si128 = _mm512_set1_epi32(128 * w->s_raw[ti]);
+            for (; j < ti; j += 16)
+                _mm512_store_si512(w->dots + j, _mm512_sub_epi32(
+                    _mm512_load_si512(gram + ti * 32 + j), si128));
+        }
+        for (; j + 4 <= ti; j += 4) {
+            __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+            const int8_t *q0 = w->qs + j * dim;
+            for (int64_t d = 0; d < dim; d += 64) {
+                const __m512i v = _mm512_load_si512(qi + d);
+                a0 = _mm512_dpbusd_epi32(a0, v, _mm512_load_si512(q0 + d));
+                a1 = _mm512_dpbusd_epi32(a1, v, _mm512_load_si512(q0 + dim + d));
+                a2 = _mm512_dpbusd_epi32(a2, v, _mm512_load_si512(q0 + 2 * dim + d));
+                a3 = _mm512_dpbusd_epi32(a3, v, _mm512_load_si512(q0 + 3 * dim + d));
+            }
+            _mm_store_si128((__m128i *)(w->dots + j), sum4_epi32(a0, a1, a2, a3));
+        }
+        for (; j < ti; j++) {
+            __m512i a = zero;
+            for (int64_t d = 0; d < dim; d += 64)
+                a = _mm512_dpbusd_epi32(a, _mm512_load_si512(qi + d),
+                                        _mm512_load_si512(w->qs + j * dim + d));
+            w->dots[j] = _mm512_reduce_add_epi32(a);
+        }
+        const __m512 si = _mm512_set1_ps(w->scale[ti]), ci = _mm512_set1_ps(w->center[ti]);
+        const __m512 gi = _mm512_set1_ps(w->scale[ti] * w->s_sum_f[ti]
+                                         + (float)dim * w->center[ti]);
+        for (j = 0; j < ti; j += 16) {
+            const __mmask16 keep = keep_of(ti, j);
+            const __m512i sj = _mm512_maskz_load_epi32(keep, w->s_sum + j);
+            const __m512i g = _mm512_sub_epi32(_mm512_maskz_load_epi32(keep, w->dots + j),
+                                               _mm512_slli_epi32(sj, 7));
+            const __m512 inner = _mm512_fmadd_ps(si, _mm512_cvtepi32_ps(g),
+                                                 _mm512_mul_ps(ci, _mm512_cvtepi32_ps(sj)));
+            const __m512 dot = _mm512_fmadd_ps(_mm512_maskz_load_ps(keep, w->scale + j), inner,
+                                               _mm512_mul_ps(gi, _mm512_maskz_load_ps(
+                                                   keep, w->center + j)));
+            _mm512_mask_storeu_ps(tri + 1 + j, keep, dot);
+        }
+        tri += i;
+    }
+}
+
+/* triangle_int8 on AVX512-VNNI: the per-table sums by vector code, the rows' dots by vpdpbusd */
 static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, int64_t dim,
-                               const float *x, float *tri, dot_scratch *w, int amx) {
+                               const float *x, float *tri, dot_scratch *w) {
     const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
     for (int64_t t = 0; t < num_tables; t++) {
         const uint8_t *row = trow[t];
@@ -309,54 +365,78 @@ static VNNI void triangle_int8(const uint8_t *const *trow, int64_t num_tables, i
         w->xq[t] = _mm512_reduce_add_ps(a);
     }
 #undef QF
-    if (amx) gram_u8_amx(w->qu, dim, w->packed, w->gram);
-    for (int64_t i = 1; i <= num_tables; i++) {
-        const int64_t ti = i - 1; /* table row of S row i; S rows 1..i-1 are table rows 0..i-2 */
-        tri[0] = w->scale[ti] * w->xq[ti] + w->center[ti] * x_sum;
-        const uint8_t *qi = w->qu + ti * dim;
-        int64_t j = 0;
-        if (amx) { /* sum q_i q'_j = G_ij - 128 S_i */
-            const __m512i si128 = _mm512_set1_epi32(128 * w->s_raw[ti]);
-            for (; j < ti; j += 16)
-                _mm512_store_si512(w->dots + j, _mm512_sub_epi32(
-                    _mm512_load_si512(w->gram + ti * 32 + j), si128));
-        }
-        for (; j + 4 <= ti; j += 4) {
-            __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-            const int8_t *q0 = w->qs + j * dim;
-            for (int64_t d = 0; d < dim; d += 64) {
-                const __m512i v = _mm512_load_si512(qi + d);
-                a0 = _mm512_dpbusd_epi32(a0, v, _mm512_load_si512(q0 + d));
-                a1 = _mm512_dpbusd_epi32(a1, v, _mm512_load_si512(q0 + dim + d));
-                a2 = _mm512_dpbusd_epi32(a2, v, _mm512_load_si512(q0 + 2 * dim + d));
-                a3 = _mm512_dpbusd_epi32(a3, v, _mm512_load_si512(q0 + 3 * dim + d));
-            }
-            _mm_store_si128((__m128i *)(w->dots + j), sum4_epi32(a0, a1, a2, a3));
-        }
-        for (; j < ti; j++) {
-            __m512i a = zero;
-            for (int64_t d = 0; d < dim; d += 64)
-                a = _mm512_dpbusd_epi32(a, _mm512_load_si512(qi + d),
-                                        _mm512_load_si512(w->qs + j * dim + d));
-            w->dots[j] = _mm512_reduce_add_epi32(a);
-        }
-        const __m512 si = _mm512_set1_ps(w->scale[ti]), ci = _mm512_set1_ps(w->center[ti]);
-        const __m512 gi = _mm512_set1_ps(w->scale[ti] * w->s_sum_f[ti]
-                                         + (float)dim * w->center[ti]);
-        for (j = 0; j < ti; j += 16) {
-            const __mmask16 keep = keep_of(ti, j);
-            const __m512i sj = _mm512_maskz_load_epi32(keep, w->s_sum + j);
-            const __m512i g = _mm512_sub_epi32(_mm512_maskz_load_epi32(keep, w->dots + j),
-                                               _mm512_slli_epi32(sj, 7));
-            const __m512 inner = _mm512_fmadd_ps(si, _mm512_cvtepi32_ps(g),
-                                                 _mm512_mul_ps(ci, _mm512_cvtepi32_ps(sj)));
-            const __m512 dot = _mm512_fmadd_ps(_mm512_maskz_load_ps(keep, w->scale + j), inner,
-                                               _mm512_mul_ps(gi, _mm512_maskz_load_ps(
-                                                   keep, w->center + j)));
-            _mm512_mask_storeu_ps(tri + 1 + j, keep, dot);
-        }
-        tri += i;
+    int8_triangle_out(w, num_tables, dim, x_sum, NULL, tri);
+}
+
+/* triangle_int8 with the per-table sums on AMX tiles too (amx_int8; num_tables + 4 <= 32): the
+ * Gram matrix's 32 rows hold the tables' rows, then a row of ones (its dots with the rows: S),
+ * then x in 24-bit fixed point as three byte planes, x^ = x_lo + x_step (2^16 a + 2^8 b + c):
+ * their dots with the rows give sum x^ q exactly in integers, for the vector code's float32
+ * products per table and row element (about a third of the sample's instructions). x^ is
+ * within about range(x) 2^-24 of x, float32 rounding's order. The caller has put the ones row
+ * in place and zeroed the rows past the planes. */
+static AMX void triangle_int8_amx(const uint8_t *const *trow, int64_t num_tables, int64_t dim,
+                                  const float *x, float *tri, dot_scratch *w) {
+    for (int64_t t = 0; t < num_tables; t++) {
+        const uint8_t *row = trow[t];
+        for (int64_t d = 0; d < dim; d += 64)
+            _mm512_store_si512(w->qu + t * dim + d, _mm512_loadu_si512(row + d));
+        memcpy(w->scale + t, row + dim, 4);
+        memcpy(w->center + t, row + dim + 4, 4); /* the bias, for now */
     }
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY), xs = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+        const __m512 v = _mm512_loadu_ps(x + d);
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+        xs = _mm512_add_ps(xs, v);
+    }
+    const float x_lo = _mm512_reduce_min_ps(lo), x_sum = _mm512_reduce_add_ps(xs);
+    const float x_step = (_mm512_reduce_max_ps(hi) - x_lo) / 16777215.0f;
+    const __m512 vlo = _mm512_set1_ps(x_lo), vinv = _mm512_set1_ps(x_step > 0 ? 1.0f / x_step : 0);
+    const __m512i top = _mm512_set1_epi32((1 << 24) - 1);
+    uint8_t *plane = w->qu + (num_tables + 1) * dim;
+    for (int64_t d = 0; d < dim; d += 16) {
+        __m512i u = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + d),
+                                                                         vlo), vinv),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        u = _mm512_min_epi32(_mm512_max_epi32(u, _mm512_setzero_si512()), top);
+        _mm512_mask_cvtepi32_storeu_epi8(plane + d, 0xFFFF, _mm512_srli_epi32(u, 16));
+        _mm512_mask_cvtepi32_storeu_epi8(plane + dim + d, 0xFFFF, _mm512_srli_epi32(u, 8));
+        _mm512_mask_cvtepi32_storeu_epi8(plane + 2 * dim + d, 0xFFFF, u);
+    }
+    gram_u8_amx(w->qu, dim, w->packed, w->gram);
+    const int32_t *g = w->gram, *ones = g + num_tables * 32;
+    const int32_t *ga = ones + 32, *gb = ga + 32, *gc = gb + 32;
+    /* sum u = the planes' dots with the ones row; sum x^ q'_t = x_lo S'_t + x_step (sum u q_t -
+     * 128 sum u), in double: the two sums are ~2^31 D and their difference can be far smaller */
+    const double u_sum = 65536.0 * ga[num_tables] + 256.0 * gb[num_tables] + gc[num_tables];
+    const __m512d dlo = _mm512_set1_pd(x_lo), dstep = _mm512_set1_pd(x_step);
+    const __m512d du128 = _mm512_set1_pd(128.0 * u_sum);
+    const __m512i d128 = _mm512_set1_epi32(128 * (int32_t)dim);
+    for (int64_t t = 0; t < num_tables; t += 16) {
+        const __mmask16 keep = keep_of(num_tables, t);
+        const __m512i s = _mm512_maskz_loadu_epi32(keep, ones + t);
+        const __m512i sp = _mm512_sub_epi32(s, d128);
+        _mm512_mask_storeu_epi32(w->s_raw + t, keep, s);
+        _mm512_mask_storeu_epi32(w->s_sum + t, keep, sp);
+        _mm512_mask_storeu_ps(w->s_sum_f + t, keep, _mm512_cvtepi32_ps(sp));
+        const __m512 scale = _mm512_maskz_loadu_ps(keep, w->scale + t);
+        _mm512_mask_storeu_ps(w->center + t, keep, _mm512_fmadd_ps(
+            scale, _mm512_set1_ps(128.0f), _mm512_maskz_loadu_ps(keep, w->center + t)));
+        /* 8 tables at a time in double */
+#define PD(p, o, k8) _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(k8, (p) + (o)))
+#define XQ8(o, k8, sp8)                                                                        \
+    _mm256_mask_storeu_ps(w->xq + (o), k8, _mm512_cvtpd_ps(_mm512_fmadd_pd(                    \
+        dlo, _mm512_cvtepi32_pd(sp8), _mm512_mul_pd(dstep, _mm512_sub_pd(_mm512_fmadd_pd(      \
+            _mm512_set1_pd(65536.0), PD(ga, o, k8), _mm512_fmadd_pd(                           \
+                _mm512_set1_pd(256.0), PD(gb, o, k8), PD(gc, o, k8))), du128)))))
+        XQ8(t, (__mmask8)keep, _mm512_castsi512_si256(sp));
+        if (keep >> 8) XQ8(t + 8, (__mmask8)(keep >> 8), _mm512_extracti64x4_epi64(sp, 1));
+#undef XQ8
+#undef PD
+    }
+    int8_triangle_out(w, num_tables, dim, x_sum, g, tri);
 }
 
 /* One sample's triangle from bf16 rows with vdpbf16ps (pairs of bf16 products summed in
@@ -468,16 +548,19 @@ static void gather_rows(
      * a few int8 rows: the tiles' setup per call (config, zeroed pad rows, release) is not repaid
      * (batch 1 on an AMX Xeon: 56-59 us against 51-54 on VNNI); the bf16 one-call chains use
      * the tiles anyway. */
-    const int amx = narrow && dots == 2 && num_tables + (kind == 2) <= 32
+    const int amx = narrow && dots == 2 && num_tables + (kind == 2 ? 1 : 4) <= 32
                     && (kind == 2 || batch >= 16) && dlrm_amx_ready();
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
     float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
     const float *rows[MAX_ROWS];
     const void *stored[MAX_ROWS];
     dot_scratch scratch;
-    if (amx) { /* the A tiles read 32 rows: those past the tables (and x) stay zero */
-        const int64_t used = num_tables + (kind == 2), row_bytes = kind == 2 ? 2 * dim : dim;
-        memset(scratch.qu + used * row_bytes, 0, (32 - used) * row_bytes);
+    if (amx) { /* the A tiles read 32 rows: those past the tables and x (bf16: x; int8: a row
+                * of ones and x's three planes, see triangle_int8_amx) stay zero */
+        const int64_t used = num_tables + (kind == 2 ? 1 : 4);
+        const int64_t tile_row = kind == 2 ? 2 * dim : dim;
+        memset(scratch.qu + used * tile_row, 0, (32 - used) * tile_row);
+        if (kind == 1) memset(scratch.qu + num_tables * dim, 1, dim);
         amx_configure();
     }
 
@@ -519,8 +602,8 @@ static void gather_rows(
         memcpy(z, rows[0], dim * sizeof(float));
         float *tri = z + dim;
         if (narrow && kind == 1) {
-            triangle_int8((const uint8_t *const *)stored, num_tables, dim, rows[0], tri,
-                          &scratch, amx);
+            (amx ? triangle_int8_amx : triangle_int8)((const uint8_t *const *)stored,
+                                                      num_tables, dim, rows[0], tri, &scratch);
         } else if (narrow && amx) {
             triangle_bf16_amx((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
                               &scratch);
@@ -1215,10 +1298,66 @@ static AMX void bchain_amx(int64_t rows, const dlrm_blayer *layers, int32_t n_la
  * themselves when run after them) of one block runs a few rows per chunk while the tiles of the
  * next compute. The same layers, packing, sums and rounding as the other chains. */
 
-/* The epilogue of rows r0..r1 of a 32 x 32 block of sums c (output blocks blk, blk + 1). */
+/* The epilogue of rows r0..r1 of a 32 x 32 block of sums c (output blocks blk, blk + 1). The
+ * common cases (an int8 layer with uint8 output, a bf16 layer with bf16 output and no sigmoid)
+ * hold the two blocks' constants in registers across the rows: qstore / bstore reload them and
+ * the layer's fields for every 16 outputs (their byte and bf16 stores may alias the layer), and
+ * the epilogue costs more than the tiles' sums on the top MLP's shapes. Same arithmetic as
+ * qstore / bstore, so the same codes and bits. */
 static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c, int64_t blk,
                                   int two, int64_t m, int64_t r0, int64_t r1, void *out,
                                   int64_t out_stride) {
+    const int64_t n0 = blk * 16;
+    if (!bf16 && ((const dlrm_qlayer *)layer)->out_u8) {
+        const dlrm_qlayer *L = (const dlrm_qlayer *)layer;
+        const __mmask16 k0 = keep_of(L->n, n0), k1 = two ? keep_of(L->n, n0 + 16) : 0;
+        const __m512i zc0 = _mm512_maskz_loadu_epi32(k0, L->zc + n0);
+        const __m512i zc1 = _mm512_maskz_loadu_epi32(k1, L->zc + n0 + 16);
+        const __m512 mul0 = _mm512_maskz_loadu_ps(k0, L->mul + n0);
+        const __m512 mul1 = _mm512_maskz_loadu_ps(k1, L->mul + n0 + 16);
+        const __m512 add0 = _mm512_maskz_loadu_ps(k0, L->add + n0);
+        const __m512 add1 = _mm512_maskz_loadu_ps(k1, L->add + n0 + 16);
+        /* qstore's max(round(min(y, 255)), lo) as usat(round(max(lo, y))): lo is an integer, and
+         * y >= 2^31 or NaN convert to 0x80000000, which saturates to 255 as min(y, 255) did */
+        const __m512 lo = _mm512_set1_ps((float)L->lo);
+        uint8_t *o = (uint8_t *)out + n0;
+#define REQUANT(v, zc, mul, add)                                                            \
+    _mm512_cvt_roundps_epi32(                                                               \
+        _mm512_max_ps(lo, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zc)), mul, \
+                                          add)),                                            \
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+        for (int64_t r = r0; r < r1; r++) {
+            uint8_t *dst = o + (m + r) * out_stride;
+            _mm512_mask_cvtusepi32_storeu_epi8(dst, k0, REQUANT(_mm512_load_si512(c + r * 32),
+                                                                zc0, mul0, add0));
+            if (two)
+                _mm512_mask_cvtusepi32_storeu_epi8(dst + 16, k1, REQUANT(
+                    _mm512_load_si512(c + r * 32 + 16), zc1, mul1, add1));
+        }
+#undef REQUANT
+        return;
+    }
+    if (bf16 && ((const dlrm_blayer *)layer)->out == 0 && ((const dlrm_blayer *)layer)->post != 2) {
+        const dlrm_blayer *L = (const dlrm_blayer *)layer;
+        const __mmask16 k0 = keep_of(L->n, n0), k1 = two ? keep_of(L->n, n0 + 16) : 0;
+        const __m512 b0 = _mm512_maskz_loadu_ps(k0, L->bias + n0);
+        const __m512 b1 = _mm512_maskz_loadu_ps(k1, L->bias + n0 + 16);
+        const int relu = L->post == 1;
+        uint16_t *o = (uint16_t *)out + n0;
+        const float *cf = (const float *)c;
+#define BIAS_POST(v, b) (relu ? _mm512_max_ps(_mm512_add_ps(v, b), _mm512_setzero_ps()) \
+                              : _mm512_add_ps(v, b))
+        for (int64_t r = r0; r < r1; r++) {
+            uint16_t *dst = o + (m + r) * out_stride;
+            _mm256_mask_storeu_epi16(dst, k0, (__m256i)_mm512_cvtneps_pbh(
+                BIAS_POST(_mm512_load_ps(cf + r * 32), b0)));
+            if (two)
+                _mm256_mask_storeu_epi16(dst + 16, k1, (__m256i)_mm512_cvtneps_pbh(
+                    BIAS_POST(_mm512_load_ps(cf + r * 32 + 16), b1)));
+        }
+#undef BIAS_POST
+        return;
+    }
     for (int64_t r = r0; r < r1; r++)
         for (int b = 0; b <= two; b++) {
             const int32_t *v = c + r * 32 + b * 16;
