@@ -728,8 +728,8 @@ def test_layer_on_tiles_equals_the_chains_and_checks_its_shapes() -> None:
 
 @pytest.mark.parametrize("n", [40, 48, 64])
 def test_tile_epilogues_of_inner_layers_equal_the_chains(n: int) -> None:
-    """The tile path's own epilogues for inner layers (uint8 codes of an int8 layer, bf16 values
-    of a bf16 layer; the output blocks' constants held across rows): the int8 chain's codes
+    """The tile path's own epilogues (uint8 codes or float32 values of an int8 layer, bf16 values
+    of a bf16 layer; the output blocks' constants held across rows): the int8 chain's outputs
     exactly, with and without a ReLU (whose least code is the zero point, not 0), and the bf16
     values as rounded from float32 sums, for output counts in whole 32-output tile pairs, with a
     lone 16-output block, and with a partly used block."""
@@ -750,6 +750,13 @@ def test_tile_epilogues_of_inner_layers_equal_the_chains(n: int) -> None:
         got, want = fused.layer_on_tiles(chain, x), chain(x)
         assert got.dtype == torch.uint8 and len(want.unique()) > 20
         assert int(want.min()) == (37 if relu else 0) or not relu  # the ReLU's floor is used
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        # float32 output (the bottom MLP's last layer)
+        layer = q8.QLinear(weight_q, w_scales, torch.randn(n, generator=g) * 0.1, (0.04, 100),
+                           None, torch.float32, relu=relu, batch_hint=1024)
+        chain = fused.SmallQMLP([layer])
+        got, want = fused.layer_on_tiles(chain, x), chain(x)
+        assert got.dtype == torch.float32 and (float(want.min()) < 0) == (not relu)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     for post in ("relu", "none"):
         weight = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
