@@ -797,3 +797,26 @@ def test_int8_gram_with_dense_row_planes_keeps_float32_accuracy() -> None:
     kernel(x, ids, out)
     largest = expected.abs().amax(dim=1, keepdim=True)
     assert bool(((out - expected).abs() <= largest * 2e-6 + 1e-5).all())
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_tables", [28, 29])
+def test_int8_gram_needs_four_spare_tile_rows(num_tables: int) -> None:
+    """The int8 Gram matrix holds the tables' rows plus a row of ones and x's three planes in 32
+    tile rows: 28 tables take the tiles, 29 the VNNI dots, and both give the torch ops' dots."""
+    if not (HAS_KERNEL_CPU and fused.amx_int8_ready()):
+        pytest.skip("needs AMX tiles for the int8 Gram matrix")
+    g = torch.Generator().manual_seed(num_tables)
+    sizes = tuple(50 + 3 * t for t in range(num_tables))
+    tables = [torch.rand(n, D, generator=g) - 0.5 for n in sizes]
+    x = torch.randn(40, D, generator=g)
+    ids = torch.stack([torch.randint(0, n, (40,), generator=g) for n in sizes])
+    weights = [fuse_tables(tables, "int8")]
+    bases = EmbeddingTables("int8", weights, sizes).bases.view(-1).tolist()
+    kernel = fused.GatherInteraction(weights, sizes, "int8", bases=bases, amx=True)
+    assert kernel.dots == ("amx" if num_tables <= 28 else "stored")
+    out = torch.empty(40, D + num_tables * (num_tables + 1) // 2)
+    kernel(x, ids, out)
+    offsets = torch.arange(40).expand(num_tables, -1)
+    stacked = EmbeddingTables("int8", weights, sizes).stacked(x, offsets, ids, True)
+    torch.testing.assert_close(out, Interaction(num_tables)(stacked), rtol=1e-5, atol=1e-4)

@@ -204,7 +204,8 @@ class GatherInteraction:
     stay alive as long as this object: it holds their addresses. ``dots`` (``auto`` or
     ``float32``) and ``amx`` (the precision may use AMX) choose how the dot products run, in
     ``self.dots``: ``float32`` rows; ``stored``, the rows as stored (int8 on AVX512-VNNI, bf16 on
-    AVX512-BF16); ``amx``, their Gram matrix on AMX tiles (at most 32 rows with x).
+    AVX512-BF16); ``amx``, their Gram matrix on AMX tiles (at most 32 rows: up to 31 bf16 tables
+    with x, 28 int8 tables with a row of ones and x in three byte planes).
     """
 
     def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], kind: str,
@@ -239,7 +240,8 @@ class GatherInteraction:
                   and self.dim % NARROW_DOT_DIM.get(kind, 1) == 0)
         self.dots = "stored" if dots == "auto" and narrow else "float32"
         # the Gram matrix on AMX tiles: only where the precision may use AMX (``amx``)
-        if (self.dots == "stored" and amx and self.num_tables + (kind == "bf16") <= 32
+        # (32 tile rows: bf16 the tables and x; int8 the tables, a row of ones and x's planes)
+        if (self.dots == "stored" and amx and self.num_tables + (1 if kind == "bf16" else 4) <= 32
                 and AMX_DOT_FLAGS[kind] in cpu_flags() and self.lib.dlrm_amx_ready()):
             self.dots = "amx"
 

@@ -544,10 +544,10 @@ static void gather_rows(
     const int narrow = dots >= 1 && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
                                      || (kind == 2 && dim % 32 == 0
                                          && __builtin_cpu_supports("avx512bf16")));
-    /* dots 2: the Gram matrix on AMX tiles (int8: up to 32 tables; bf16: 31, with x). Not for
-     * a few int8 rows: the tiles' setup per call (config, zeroed pad rows, release) is not repaid
-     * (batch 1 on an AMX Xeon: 56-59 us against 51-54 on VNNI); the bf16 one-call chains use
-     * the tiles anyway. */
+    /* dots 2: the Gram matrix on AMX tiles (int8: up to 28 tables, see triangle_int8_amx;
+     * bf16: 31, with x). Not for a few int8 rows: the tiles' setup per call (config, zeroed pad
+     * rows, release) is not repaid (batch 1 on an AMX Xeon: 56-59 us against 51-54 on VNNI);
+     * the bf16 one-call chains use the tiles anyway. */
     const int amx = narrow && dots == 2 && num_tables + (kind == 2 ? 1 : 4) <= 32
                     && (kind == 2 || batch >= 16) && dlrm_amx_ready();
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
