@@ -548,8 +548,9 @@ static void gather_rows(
      * bf16: 31, with x). Not for a few int8 rows: the tiles' setup per call (config, zeroed pad
      * rows, release) is not repaid (batch 1 on an AMX Xeon: 56-59 us against 51-54 on VNNI);
      * the bf16 one-call chains use the tiles anyway. */
-    const int amx = narrow && dots == 2 && num_tables + (kind == 2 ? 1 : 4) <= 32
-                    && (kind == 2 || batch >= 16) && dlrm_amx_ready();
+    const int64_t gram_rows = num_tables + (kind == 2 ? 1 : 4); /* of the tiles' 32 */
+    const int amx = narrow && dots == 2 && gram_rows <= 32 && (kind == 2 || batch >= 16)
+                    && dlrm_amx_ready();
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
     float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
     const float *rows[MAX_ROWS];
@@ -557,9 +558,8 @@ static void gather_rows(
     dot_scratch scratch;
     if (amx) { /* the A tiles read 32 rows: those past the tables and x (bf16: x; int8: a row
                 * of ones and x's three planes, see triangle_int8_amx) stay zero */
-        const int64_t used = num_tables + (kind == 2 ? 1 : 4);
         const int64_t tile_row = kind == 2 ? 2 * dim : dim;
-        memset(scratch.qu + used * tile_row, 0, (32 - used) * tile_row);
+        memset(scratch.qu + gram_rows * tile_row, 0, (32 - gram_rows) * tile_row);
         if (kind == 1) memset(scratch.qu + num_tables * dim, 1, dim);
         amx_configure();
     }
@@ -1294,9 +1294,9 @@ static AMX void bchain_amx(int64_t rows, const dlrm_blayer *layers, int32_t n_la
  * every layer on its own rows (no barrier between layers), 2 x 2 tiles per block: 32 rows (A
  * tiles 4, 5) x 32 outputs (B tiles 6, 7), four TDPBUSD / TDPBF16PS per 64-byte k chunk for four
  * tile loads (tile_rows_amx: five loads per four), the rows' 32 x K bytes staying in L1 across
- * the output blocks. The epilogue (qstore / bstore: measured to cost as much as the sums
- * themselves when run after them) of one block runs a few rows per chunk while the tiles of the
- * next compute. The same layers, packing, sums and rounding as the other chains. */
+ * the output blocks. The epilogue (store_rows: measured to cost as much as the sums themselves
+ * when run after them) of one block runs a few rows per chunk while the tiles of the next
+ * compute. The same layers, packing, sums and rounding as the other chains. */
 
 /* The epilogue of rows r0..r1 of a 32 x 32 block of sums c (output blocks blk, blk + 1). The
  * common cases (an int8 layer with uint8 or float32 output, a bf16 layer with bf16 output; no
@@ -1308,8 +1308,10 @@ static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c,
                                   int two, int64_t m, int64_t r0, int64_t r1, void *out,
                                   int64_t out_stride) {
     const int64_t n0 = blk * 16;
-    if (!bf16 && ((const dlrm_qlayer *)layer)->out_u8) {
-        const dlrm_qlayer *L = (const dlrm_qlayer *)layer;
+    const dlrm_qlayer *ql = (const dlrm_qlayer *)layer; /* the one bf16 says it is */
+    const dlrm_blayer *bl = (const dlrm_blayer *)layer;
+    if (!bf16 && (ql->out_u8 || ql->post != 2)) {
+        const dlrm_qlayer *L = ql;
         const __mmask16 k0 = keep_of(L->n, n0), k1 = two ? keep_of(L->n, n0 + 16) : 0;
         const __m512i zc0 = _mm512_maskz_loadu_epi32(k0, L->zc + n0);
         const __m512i zc1 = _mm512_maskz_loadu_epi32(k1, L->zc + n0 + 16);
@@ -1317,54 +1319,47 @@ static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c,
         const __m512 mul1 = _mm512_maskz_loadu_ps(k1, L->mul + n0 + 16);
         const __m512 add0 = _mm512_maskz_loadu_ps(k0, L->add + n0);
         const __m512 add1 = _mm512_maskz_loadu_ps(k1, L->add + n0 + 16);
-        /* qstore's max(round(min(y, 255)), lo) as usat(round(max(lo, y))): lo is an integer, and
-         * y >= 2^31 or NaN convert to 0x80000000, which saturates to 255 as min(y, 255) did */
-        const __m512 lo = _mm512_set1_ps((float)L->lo);
-        uint8_t *o = (uint8_t *)out + n0;
-#define REQUANT(v, zc, mul, add)                                                            \
-    _mm512_cvt_roundps_epi32(                                                               \
-        _mm512_max_ps(lo, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zc)), mul, \
-                                          add)),                                            \
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        for (int64_t r = r0; r < r1; r++) {
-            uint8_t *dst = o + (m + r) * out_stride;
-            _mm512_mask_cvtusepi32_storeu_epi8(dst, k0, REQUANT(_mm512_load_si512(c + r * 32),
-                                                                zc0, mul0, add0));
-            if (two)
-                _mm512_mask_cvtusepi32_storeu_epi8(dst + 16, k1, REQUANT(
-                    _mm512_load_si512(c + r * 32 + 16), zc1, mul1, add1));
-        }
+#define AFFINE(v, zc, mul, add) \
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zc)), mul, add)
+        if (L->out_u8) {
+            /* qstore's max(round(min(y, 255)), lo) as usat(round(max(lo, y))): lo is an integer,
+             * and y >= 2^31 or NaN convert to 0x80000000, which saturates to 255 as min(y, 255)
+             * did */
+            const __m512 lo = _mm512_set1_ps((float)L->lo);
+            uint8_t *o = (uint8_t *)out + n0;
+#define REQUANT(v, zc, mul, add)                                               \
+    _mm512_cvt_roundps_epi32(_mm512_max_ps(lo, AFFINE(v, zc, mul, add)),       \
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+            for (int64_t r = r0; r < r1; r++) {
+                uint8_t *dst = o + (m + r) * out_stride;
+                _mm512_mask_cvtusepi32_storeu_epi8(dst, k0, REQUANT(
+                    _mm512_load_si512(c + r * 32), zc0, mul0, add0));
+                if (two)
+                    _mm512_mask_cvtusepi32_storeu_epi8(dst + 16, k1, REQUANT(
+                        _mm512_load_si512(c + r * 32 + 16), zc1, mul1, add1));
+            }
 #undef REQUANT
-        return;
-    }
-    if (!bf16 && ((const dlrm_qlayer *)layer)->post != 2) { /* float32 output: the bottom's */
-        const dlrm_qlayer *L = (const dlrm_qlayer *)layer;
-        const __mmask16 k0 = keep_of(L->n, n0), k1 = two ? keep_of(L->n, n0 + 16) : 0;
-        const __m512i zc0 = _mm512_maskz_loadu_epi32(k0, L->zc + n0);
-        const __m512i zc1 = _mm512_maskz_loadu_epi32(k1, L->zc + n0 + 16);
-        const __m512 mul0 = _mm512_maskz_loadu_ps(k0, L->mul + n0);
-        const __m512 mul1 = _mm512_maskz_loadu_ps(k1, L->mul + n0 + 16);
-        const __m512 add0 = _mm512_maskz_loadu_ps(k0, L->add + n0);
-        const __m512 add1 = _mm512_maskz_loadu_ps(k1, L->add + n0 + 16);
-        const int relu = L->post == 1;
-        float *o = (float *)out + n0;
-#define DEQUANT(v, zc, mul, add)                                                              \
-    (relu ? _mm512_max_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zc)), mul,   \
-                                          add), _mm512_setzero_ps())                          \
-          : _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, zc)), mul, add))
-        for (int64_t r = r0; r < r1; r++) {
-            float *dst = o + (m + r) * out_stride;
-            _mm512_mask_storeu_ps(dst, k0, DEQUANT(_mm512_load_si512(c + r * 32), zc0, mul0,
-                                                   add0));
-            if (two)
-                _mm512_mask_storeu_ps(dst + 16, k1, DEQUANT(_mm512_load_si512(c + r * 32 + 16),
-                                                            zc1, mul1, add1));
-        }
+        } else { /* float32 output (the bottom's last layer), no sigmoid */
+            const int relu = L->post == 1;
+            float *o = (float *)out + n0;
+#define DEQUANT(v, zc, mul, add)                                                          \
+    (relu ? _mm512_max_ps(AFFINE(v, zc, mul, add), _mm512_setzero_ps())                   \
+          : AFFINE(v, zc, mul, add))
+            for (int64_t r = r0; r < r1; r++) {
+                float *dst = o + (m + r) * out_stride;
+                _mm512_mask_storeu_ps(dst, k0, DEQUANT(_mm512_load_si512(c + r * 32), zc0,
+                                                       mul0, add0));
+                if (two)
+                    _mm512_mask_storeu_ps(dst + 16, k1, DEQUANT(
+                        _mm512_load_si512(c + r * 32 + 16), zc1, mul1, add1));
+            }
 #undef DEQUANT
+        }
+#undef AFFINE
         return;
     }
-    if (bf16 && ((const dlrm_blayer *)layer)->out == 0 && ((const dlrm_blayer *)layer)->post != 2) {
-        const dlrm_blayer *L = (const dlrm_blayer *)layer;
+    if (bf16 && bl->out == 0 && bl->post != 2) {
+        const dlrm_blayer *L = bl;
         const __mmask16 k0 = keep_of(L->n, n0), k1 = two ? keep_of(L->n, n0 + 16) : 0;
         const __m512 b0 = _mm512_maskz_loadu_ps(k0, L->bias + n0);
         const __m512 b1 = _mm512_maskz_loadu_ps(k1, L->bias + n0 + 16);
@@ -1388,11 +1383,10 @@ static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c,
         for (int b = 0; b <= two; b++) {
             const int32_t *v = c + r * 32 + b * 16;
             if (bf16)
-                bstore((const dlrm_blayer *)layer, _mm512_load_ps((const float *)v),
-                       (blk + b) * 16, out, m + r, out_stride);
+                bstore(bl, _mm512_load_ps((const float *)v), (blk + b) * 16, out, m + r,
+                       out_stride);
             else
-                qstore((const dlrm_qlayer *)layer, _mm512_load_si512(v), (blk + b) * 16, out,
-                       m + r, out_stride);
+                qstore(ql, _mm512_load_si512(v), (blk + b) * 16, out, m + r, out_stride);
         }
 }
 
@@ -1573,7 +1567,8 @@ int dlrm_bmlp_small(int64_t rows, const dlrm_blayer *layers, int32_t n_layers, c
 /* A whole forward in one call and one parallel region: bottom MLP, gather + interaction, top MLP
  * (+ sigmoid), float32 [rows, 1] probabilities in out. Instead of three calls from Python, each
  * with its own region: at batch 1 their fixed costs were ~1/4 of the time (on AMX tiles, with the
- * rows split between threads, it also beats oneDNN's linears for big batches). mlp_kind 0: dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
+ * rows split between threads, it also beats oneDNN's linears for big batches). mlp_kind 0:
+ * dlrm_flayer chains, float32 interaction; 1: dlrm_qlayer chains (the bottom
  * quantizes the dense input), the interaction quantized for the top's uint8 input; 2:
  * dlrm_blayer chains (the dense input rounded to bf16, the bottom's output bf16 values widened to
  * float32, the interaction rounded to bf16 for the top). */
