@@ -676,6 +676,47 @@ def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: in
             torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_int8"])
+def test_layer_groups_on_amx_tiles_give_the_layer_by_layer_results(precision: str) -> None:
+    """The AMX chains' layer groups (consecutive layers whose weights fit a budget run 64 rows at
+    a time through small buffers; a layer alone runs on all the thread's rows) change only the
+    order of the work: every budget, from each layer alone to the whole chain in one group and
+    the mixes between, gives the same bits, for row counts whose last group block is partial."""
+    ready = fused.amx_int8_ready if precision == "amx_int8" else fused.amx_bf16_ready
+    if not (HAS_KERNEL_CPU and ready()):
+        pytest.skip(f"needs AMX tiles for {precision}")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    batch = make_batch(spec, 300, seed=5)
+    plan = native.PLANS[precision]
+    with torch.inference_mode():
+        if precision == "amx_int8":
+            state = native._int8_state(model, q8.calibrate(model, [batch]))
+        else:
+            state = native._float_state(model, plan["dtype"], plan["tables"])
+        small = native.PreparedModel(precision, spec, state).small_forward
+        assert small is not None and small.amx
+        # each layer's packed weights, as interaction.c's groups count them
+        sizes = sorted((st.n + 15) // 16 * (st.kw if isinstance(c, fused.SmallQMLP) else st.kp)
+                       * 64 for c in small.parts[1:] for st in c.structs)
+        budgets = [0, sizes[0], sizes[0] + sizes[1], sum(sizes) // 2, 1 << 40]
+        before = torch.get_num_threads(), fused.set_group_bytes(0)
+        try:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for rows in (64 * threads, 150, 300):
+                    args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
+                    fused.set_group_bytes(0)
+                    alone = small(*args)
+                    assert alone is not None and float(alone.std()) > 0
+                    for budget in budgets[1:]:
+                        fused.set_group_bytes(budget)
+                        assert torch.equal(small(*args), alone), (threads, rows, budget)
+        finally:
+            torch.set_num_threads(before[0])
+            fused.set_group_bytes(before[1])
+
+
 @needs_vnni
 def test_amx_int8_top_on_padded_rows_and_head_in_c_equals_the_plain_top() -> None:
     """amx_int8's fused-kernel path writes the interaction into rows padded to 512 for a padded

@@ -32,7 +32,7 @@ import torch
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 11
+ABI = 12
 SOURCE = "interaction.c"
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
@@ -167,7 +167,9 @@ def load() -> ctypes.CDLL:
     bmlp.argtypes = [i64, ptr, ctypes.c_int32, ptr, i64, ctypes.c_int32, ptr, ptr, ptr, i64, ptr,
                      i64, ctypes.c_int32]
     lib.dlrm_small_scratch_bytes.restype = i64
-    lib.dlrm_small_scratch_bytes.argtypes = [ptr, i64]
+    lib.dlrm_small_scratch_bytes.argtypes = [ptr, i64, ctypes.c_int32]
+    lib.dlrm_set_group_bytes.restype = i64
+    lib.dlrm_set_group_bytes.argtypes = [i64]
     fwd = lib.dlrm_forward_small
     fwd.restype = ctypes.c_int
     fwd.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int32]
@@ -185,6 +187,15 @@ def amx_bf16_ready() -> bool:
 def amx_int8_ready() -> bool:
     """True when the CPU has AMX-INT8 and Linux lets this process use the tiles."""
     return "amx_int8" in cpu_flags() and bool(load().dlrm_amx_ready())
+
+
+def set_group_bytes(budget: int) -> int:
+    """Sets the weight budget of the AMX chains' layer groups (``interaction.c``: consecutive
+    layers whose packed weights fit it run on 64 rows at a time; 0: each layer on all rows) and
+    returns the previous one. For tuning and tests: results do not depend on it."""
+    if budget < 0:
+        raise ValueError("the group budget is a number of bytes >= 0")
+    return int(load().dlrm_set_group_bytes(budget))
 
 
 def unavailable_reason() -> str | None:
@@ -593,17 +604,17 @@ class SmallForward:
             gather.kind, DOTS[gather.dots], gather.addresses.data_ptr(),
             gather.rows.data_ptr(), int(self.amx))
         self.model_ref = ctypes.byref(self.model)
-        # scratch by batch size: (tensor, its address); a few sizes at most (a last chunk)
-        self.scratch: dict[int, tuple[torch.Tensor, int]] = {}
+        # scratch by (batch size, threads): (tensor, its address); a few at most (a last chunk)
+        self.scratch: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
 
-    def _scratch(self, rows: int) -> int:
+    def _scratch(self, rows: int, threads: int) -> int:
         if len(self.scratch) >= 8:
             self.scratch.clear()
-        size = self.lib.dlrm_small_scratch_bytes(self.model_ref, rows)
+        size = self.lib.dlrm_small_scratch_bytes(self.model_ref, rows, threads)
         # zeros: the AMX chains read past the rows and k's they use (finite values needed)
         buffer = torch.zeros(size, dtype=torch.uint8)
         address = buffer.data_ptr()
-        self.scratch[rows] = (buffer, address)
+        self.scratch[(rows, threads)] = (buffer, address)
         return address
 
     def __call__(self, dense: torch.Tensor, offsets: torch.Tensor,
@@ -618,14 +629,15 @@ class SmallForward:
             return None
         if dense.dtype != torch.float32 or dense.stride(1) != 1:
             dense = dense.float().contiguous()
-        scratch = self.scratch.get(rows)
-        scratch_ptr = scratch[1] if scratch is not None else self._scratch(rows)
+        threads = torch.get_num_threads()
+        scratch = self.scratch.get((rows, threads))
+        scratch_ptr = scratch[1] if scratch is not None else self._scratch(rows, threads)
         out = torch.empty(rows, 1, dtype=torch.float32)
         o_strides, i_strides = offsets.stride(), indices.stride()
         code = self.lib.dlrm_forward_small(
             self.model_ref, rows, dense.data_ptr(), dense.stride(0),
             offsets.data_ptr(), o_strides[0], o_strides[1], indices.data_ptr(),
-            i_strides[0], i_strides[1], scratch_ptr, out.data_ptr(), torch.get_num_threads())
+            i_strides[0], i_strides[1], scratch_ptr, out.data_ptr(), threads)
         if code == 1:
             return None
         if code == -2:

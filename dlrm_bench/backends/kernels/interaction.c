@@ -38,7 +38,7 @@
 #define BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,amx-tile,amx-int8,amx-bf16")))
 
-int dlrm_kernel_abi(void) { return 11; }
+int dlrm_kernel_abi(void) { return 12; }
 
 static inline void dequantize_row(const uint8_t *row, int64_t dim, float *dst) {
     float scale, bias;
@@ -1390,20 +1390,29 @@ static inline AMX void store_rows(int bf16, const void *layer, const int32_t *c,
         }
 }
 
-/* One layer (a dlrm_qlayer, or a dlrm_blayer with bf16) on rows m0..m1 of x (x_bytes apart,
- * readable for whole 32-row blocks and 64-byte chunks); w: its packed weights, the 16-output
- * blocks block_bytes apart, each 1 KB per chunk. The weights' tiles load with the streaming hint
- * (TILELOADDT1): each is read once per 32 rows, and kept out of L1 they leave it to the rows,
- * which all output blocks read again (at K = 1024 rows and weights together overflowed L1; the
- * top MLP at 2048 rows: 2.1 -> 1.7 ms). */
+/* One layer (a dlrm_qlayer, or a dlrm_blayer with bf16) on rows m0..m1: x holds rows from
+ * x_first on (x_bytes apart, readable for whole 32-row blocks and 64-byte chunks), out from
+ * out_first on; w: its packed weights, the 16-output blocks block_bytes apart, each 1 KB per
+ * chunk. The weights' tiles load with the streaming hint (TILELOADDT1): each is read once per 32
+ * rows, and kept out of L1 they leave it to the rows, which all output blocks read again (at K =
+ * 1024 rows and weights together overflowed L1; the top MLP at 2048 rows: 2.1 -> 1.7 ms). Tiles
+ * are not renamed: a load into a tile waits for the last product reading it, so each input tile
+ * of the next chunk is loaded right after its last reader, not at the top of the next chunk
+ * (amx_int8 forward +3%, measured alternating in one process). */
 static AMX void layer_rows_amx(int bf16, const void *layer, const uint8_t *w, int64_t block_bytes,
                                int64_t chunks, int64_t n, const uint8_t *x, int64_t x_bytes,
-                               int64_t m0, int64_t m1, void *out, int64_t out_stride) {
+                               int64_t x_first, int64_t m0, int64_t m1, void *out,
+                               int64_t out_stride, int64_t out_first) {
     int32_t c[2][32 * 32] __attribute__((aligned(64)));
     const int64_t blocks = (n + 15) / 16;
+#define PRODUCT(acc, a, b)                   \
+    do {                                     \
+        if (bf16) _tile_dpbf16ps(acc, a, b); \
+        else _tile_dpbusd(acc, a, b);        \
+    } while (0)
     for (int64_t m = m0; m < m1; m += 32) {
-        const uint8_t *xa = x + m * x_bytes, *xb = xa + 16 * x_bytes;
-        const int64_t valid = m1 - m < 32 ? m1 - m : 32;
+        const uint8_t *xa = x + (m - x_first) * x_bytes, *xb = xa + 16 * x_bytes;
+        const int64_t valid = m1 - m < 32 ? m1 - m : 32, out_m = m - out_first;
         const int64_t per_chunk = (valid + chunks - 1) / chunks;
         int64_t prev = -1;
         int prev_two = 0;
@@ -1415,32 +1424,28 @@ static AMX void layer_rows_amx(int bf16, const void *layer, const uint8_t *w, in
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
+            _tile_stream_loadd(6, w0, 64);
+            _tile_loadd(4, xa, x_bytes);
+            _tile_loadd(5, xb, x_bytes);
+            if (two) _tile_stream_loadd(7, w1, 64);
             for (int64_t kc = 0; kc < chunks; kc++) {
-                _tile_loadd(4, xa + kc * 64, x_bytes);
-                _tile_loadd(5, xb + kc * 64, x_bytes);
-                _tile_stream_loadd(6, w0 + kc * 1024, 64);
-                if (bf16) {
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(2, 5, 6);
-                } else {
-                    _tile_dpbusd(0, 4, 6);
-                    _tile_dpbusd(2, 5, 6);
-                }
-                if (two) {
-                    _tile_stream_loadd(7, w1 + kc * 1024, 64);
-                    if (bf16) {
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_dpbf16ps(3, 5, 7);
-                    } else {
-                        _tile_dpbusd(1, 4, 7);
-                        _tile_dpbusd(3, 5, 7);
-                    }
+                const int more = kc + 1 < chunks;
+                PRODUCT(0, 4, 6);
+                PRODUCT(2, 5, 6);
+                if (more) _tile_stream_loadd(6, w0 + (kc + 1) * 1024, 64);
+                if (two) PRODUCT(1, 4, 7);
+                if (more) _tile_loadd(4, xa + (kc + 1) * 64, x_bytes);
+                if (two) PRODUCT(3, 5, 7);
+                if (more) {
+                    _tile_loadd(5, xb + (kc + 1) * 64, x_bytes);
+                    if (two) _tile_stream_loadd(7, w1 + (kc + 1) * 1024, 64);
                 }
                 if (prev >= 0) { /* the previous block's epilogue, while the tiles compute */
                     const int64_t r0 = kc * per_chunk;
                     const int64_t r1 = r0 + per_chunk < valid ? r0 + per_chunk : valid;
                     if (r0 < r1)
-                        store_rows(bf16, layer, done, prev, prev_two, m, r0, r1, out, out_stride);
+                        store_rows(bf16, layer, done, prev, prev_two, out_m, r0, r1, out,
+                                   out_stride);
                 }
             }
             int32_t *cc = c[(blk / 2) & 1];
@@ -1451,19 +1456,66 @@ static AMX void layer_rows_amx(int bf16, const void *layer, const uint8_t *w, in
             prev = blk;
             prev_two = two;
         }
-        store_rows(bf16, layer, c[(prev / 2) & 1], prev, prev_two, m, 0, valid, out, out_stride);
+        store_rows(bf16, layer, c[(prev / 2) & 1], prev, prev_two, out_m, 0, valid, out,
+                   out_stride);
     }
+#undef PRODUCT
+}
+
+/* Layer groups: consecutive layers whose packed weights together fit group_bytes run on
+ * GROUP_ROWS rows at a time, all layers of the group before the next rows, their intermediate
+ * rows in two small per-thread buffers (L1 / L2) instead of the rows x width scratch (written
+ * out to L3 and read back by the next layer). A layer alone in its group runs on all the
+ * thread's rows at once: a group's weights must stay in L2 across its row blocks, and the top
+ * MLP's first two layers together (1.5 MB in int8) did not (slower). amx_int8 forward,
+ * alternating in one process: groups up to 300 KB +1.2%, 700 KB +2.1%, 1.5 MB +0%; 32, 64
+ * or 128 rows alike. */
+#define GROUP_ROWS 64
+static int64_t group_bytes = 700 * 1024;
+
+/* Bytes of one thread's group buffers for chains of layers at most width elements wide. */
+static int64_t group_buffer_bytes(int64_t width) { return 2 * GROUP_ROWS * width * 2 + 64; }
+
+/* Sets the weight budget of a layer group (0: every layer alone) and returns the previous one:
+ * a tuning and testing knob (the results do not depend on it). */
+int64_t dlrm_set_group_bytes(int64_t bytes) {
+    const int64_t previous = group_bytes;
+    if (bytes >= 0) group_bytes = bytes;
+    return previous;
+}
+
+typedef struct {
+    const void *layer;
+    const uint8_t *w;
+    int64_t block_bytes, chunks, n, weight_bytes;
+} tile_layer;
+
+static tile_layer tile_layer_of(int bf16, const void *layers, int32_t l) {
+    tile_layer t;
+    if (bf16) {
+        const dlrm_blayer *L = (const dlrm_blayer *)layers + l;
+        t.layer = L, t.w = (const uint8_t *)L->w, t.block_bytes = L->kp * 64;
+        t.chunks = (L->k + 31) / 32, t.n = L->n;
+    } else {
+        const dlrm_qlayer *L = (const dlrm_qlayer *)layers + l;
+        t.layer = L, t.w = (const uint8_t *)L->w, t.block_bytes = L->kw * 64;
+        t.chunks = (L->k + 63) / 64, t.n = L->n;
+    }
+    t.weight_bytes = (t.n + 15) / 16 * t.block_bytes;
+    return t;
 }
 
 /* A chain (dlrm_qlayer or, with bf16, dlrm_blayer layers) on this thread's rows of x: uint8 or
  * bf16 rows x_stride elements apart, or (int8, x_float) float32 rows quantized first, the
- * thread's own. Intermediate rows alternate between scratch_a / scratch_b (scratch_stride
- * elements). Called inside a parallel region; ends with a barrier (all rows written). */
+ * thread's own. Between layer groups the rows alternate between scratch_a / scratch_b
+ * (scratch_stride elements); inside a group they go through group, this thread's
+ * group_buffer_bytes(scratch_stride) (NULL: every layer alone). Called inside a parallel region;
+ * ends with a barrier (all rows written). */
 static AMX void chain_rows_amx(int bf16, int64_t rows, const void *layers, int32_t n_layers,
                                const void *x, int64_t x_stride, int32_t x_float,
                                float x_inv_scale, float x_zero_point, void *scratch_a,
-                               void *scratch_b, int64_t scratch_stride, void *out,
-                               int64_t out_stride) {
+                               void *scratch_b, int64_t scratch_stride, void *group,
+                               void *out, int64_t out_stride) {
     const int nt = omp_get_num_threads(), id = omp_get_thread_num();
     const int64_t blocks = (rows + 31) / 32, esize = bf16 ? 2 : 1;
     const int64_t m0 = blocks * id / nt * 32, b1 = blocks * (id + 1) / nt * 32;
@@ -1479,24 +1531,37 @@ static AMX void chain_rows_amx(int bf16, int64_t rows, const void *layers, int32
             in = (const uint8_t *)scratch_b;
             in_bytes = scratch_stride;
         }
+        const int64_t budget = group ? group_bytes : 0, small_bytes = scratch_stride * esize;
+        uint8_t *small[2] = {(uint8_t *)group, (uint8_t *)group + GROUP_ROWS * small_bytes};
         amx_configure();
-        for (int32_t l = 0; l < n_layers; l++) {
-            const int last = l + 1 == n_layers;
-            void *dst = (l % 2 == 0) ? scratch_a : scratch_b;
-            const void *layer;
-            const uint8_t *w;
-            int64_t block_bytes, chunks, n;
-            if (bf16) {
-                const dlrm_blayer *L = (const dlrm_blayer *)layers + l;
-                layer = L, w = (const uint8_t *)L->w, block_bytes = L->kp * 64;
-                chunks = (L->k + 31) / 32, n = L->n;
-            } else {
-                const dlrm_qlayer *L = (const dlrm_qlayer *)layers + l;
-                layer = L, w = (const uint8_t *)L->w, block_bytes = L->kw * 64;
-                chunks = (L->k + 63) / 64, n = L->n;
+        int parity = 0;
+        for (int32_t first = 0, end; first < n_layers; first = end, parity ^= 1) {
+            int64_t bytes = tile_layer_of(bf16, layers, first).weight_bytes;
+            for (end = first + 1; end < n_layers; end++) {
+                const int64_t more = tile_layer_of(bf16, layers, end).weight_bytes;
+                if (bytes + more > budget) break;
+                bytes += more;
             }
-            layer_rows_amx(bf16, layer, w, block_bytes, chunks, n, in, in_bytes, m0, m1,
-                           last ? out : dst, last ? out_stride : scratch_stride);
+            const int last_group = end == n_layers;
+            void *dst = last_group ? out : parity == 0 ? scratch_a : scratch_b;
+            const int64_t dst_stride = last_group ? out_stride : scratch_stride;
+            const int64_t step = end - first == 1 ? m1 - m0 : GROUP_ROWS;
+            for (int64_t mc = m0; mc < m1; mc += step) {
+                const int64_t mc1 = mc + step < m1 ? mc + step : m1;
+                const uint8_t *src = in;
+                int64_t src_bytes = in_bytes, src_first = 0;
+                for (int32_t l = first; l < end; l++) {
+                    const tile_layer t = tile_layer_of(bf16, layers, l);
+                    const int inner = l + 1 < end;
+                    uint8_t *to = inner ? small[(l - first) & 1] : (uint8_t *)dst;
+                    layer_rows_amx(bf16, t.layer, t.w, t.block_bytes, t.chunks, t.n, src,
+                                   src_bytes, src_first, mc, mc1, to,
+                                   inner ? scratch_stride : dst_stride, inner ? mc : 0);
+                    src = to;
+                    src_bytes = small_bytes;
+                    src_first = mc;
+                }
+            }
             in = (const uint8_t *)dst;
             in_bytes = scratch_stride * esize;
         }
@@ -1516,7 +1581,7 @@ int dlrm_layer_tiles(int32_t bf16, const void *layer, int64_t rows, const void *
     if (rows <= 0 || rows % 32 || chunk_bytes > x_stride * (bf16 ? 2 : 1) || !dlrm_amx_ready())
         return -1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
-    chain_rows_amx(bf16, rows, layer, 1, x, x_stride, 0, 1.0f, 0.0f, NULL, NULL, 0, out,
+    chain_rows_amx(bf16, rows, layer, 1, x, x_stride, 0, 1.0f, 0.0f, NULL, NULL, 0, NULL, out,
                    out_stride);
     return 0;
 }
@@ -1586,13 +1651,14 @@ typedef struct {
 
 static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 
-/* Bytes of scratch dlrm_forward_small needs for rows. */
-int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows) {
+/* Bytes of scratch dlrm_forward_small needs for rows on threads threads. */
+int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows, int32_t threads) {
     const int64_t n = m->num_tables + 1, width = m->dim + n * (n - 1) / 2;
     rows = (rows + 31) / 32 * 32 + 1; /* the AMX chains read whole 16- or 32-row blocks, and
                                        * whole 32- or 64-byte k chunks */
     return 2 * align64(rows * m->width * 4) + align64(rows * m->dim * 4)
-           + align64(rows * width * 4);
+           + align64(rows * width * 4)
+           + (threads > 0 ? threads : 1) * align64(group_buffer_bytes(m->width));
 }
 
 /* Returns 0; 1 when a bag holds other than one id (offsets[t][b] != b: nothing was computed, the
@@ -1631,6 +1697,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
     char *a = scratch, *b = a + align64(padded * m->width * 4);
     float *x = (float *)(b + align64(padded * m->width * 4));
     void *z = (char *)x + align64(padded * m->dim * 4);
+    char *groups = (char *)z + align64(padded * zwidth * 4); /* a group_buffer_bytes per thread */
     /* the chains on AMX tiles from 8 rows: below, a 16-row tile is mostly padding and the
      * AVX-512 chains were as fast or faster (amx_int8, 2 threads, us: 1 row 42 against 59,
      * 4 rows 62 / 66, 8 rows 93 / 74, 16 rows 160 / 89) */
@@ -1641,9 +1708,10 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
     int bad_id = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        void *group = groups + omp_get_thread_num() * align64(group_buffer_bytes(m->width));
         if (q8 && row_split) {
             chain_rows_amx(0, rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
-                           m->x_inv_scale, m->x_zp, a, b, m->width, x, m->dim);
+                           m->x_inv_scale, m->x_zp, a, b, m->width, group, x, m->dim);
         } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->bottom, m->n_bottom, dense, dense_stride, 1,
                                          m->x_inv_scale, m->x_zp, (uint8_t *)a, (uint8_t *)b,
@@ -1653,7 +1721,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
             rows_to_bf16(rows, k0, dense, dense_stride, (uint16_t *)z);
             if (row_split)
                 chain_rows_amx(1, rows, m->bottom, m->n_bottom, z, k0, 0, 1.0f, 0.0f, a, b,
-                               m->width, x, m->dim);
+                               m->width, group, x, m->dim);
             else
                 (bamx ? bchain_amx : bchain)(rows, m->bottom, m->n_bottom, (const uint16_t *)z,
                                              k0, (uint16_t *)a, (uint16_t *)b, m->width, x,
@@ -1667,7 +1735,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
         if (row_split) {
             chain_rows_amx(bf, rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, a, b, m->width,
-                           out, 1);
+                           group, out, 1);
         } else if (q8) {
             (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f,
                                          (uint8_t *)a, (uint8_t *)b, m->width, out, 1);
