@@ -567,6 +567,34 @@ def test_bf16_tables_and_output_match_the_bf16_torch_path(dots: str, amx: bool) 
     assert torch.equal(out, exact.bfloat16())
 
 
+@needs_kernel
+def test_fp32_rows_in_bf16_math_give_the_gram_of_their_bf16_values() -> None:
+    """amx_bfloat32 (fp32 tables, matmuls in bf16): the kernel rounds the float32 rows and x to
+    bf16 in L1 and takes their Gram matrix on AMX tiles: the same bits as the bf16-table kernel
+    on the tables rounded to bf16 (nearest even), near the float32 dots, and only where the
+    precision says its matmuls may run in bf16."""
+    tables, x, ids = tables_and_batch(300, seed=11)
+    stacked = fuse_tables(tables, "fp32")
+    bases = EmbeddingTables("fp32", [stacked], SIZES).bases.view(-1).tolist()
+    plain = fused.GatherInteraction([stacked], SIZES, "fp32", bases=bases, amx=True)
+    assert plain.dots == "float32"  # without bf16_math: fp32 stays fp32
+    kernel = fused.GatherInteraction([stacked], SIZES, "fp32", bases=bases, amx=True,
+                                     bf16_math=True)
+    if not ({"avx512_bf16", "amx_bf16"} <= cpu_flags() and fused.amx_bf16_ready()):
+        assert kernel.dots == "float32"
+        pytest.skip("needs AVX512-BF16 and AMX-BF16 tiles")
+    assert kernel.dots == "rounded"
+    rounded = fused.GatherInteraction([stacked.bfloat16()], SIZES, "bf16", bases=bases, amx=True)
+    assert rounded.dots == "amx"
+    got, want, fp32 = (torch.empty(300, WIDTH) for _ in range(3))
+    kernel(x, ids, got)
+    rounded(x.bfloat16().float(), ids, want)
+    assert torch.equal(got[:, D:], want[:, D:]) and torch.equal(got[:, :D], x)
+    plain(x, ids, fp32)
+    assert not torch.equal(got, fp32)  # the bf16 rounding is there
+    torch.testing.assert_close(got, fp32, rtol=2e-2, atol=5e-2)
+
+
 @pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
 def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     precision: str, monkeypatch: pytest.MonkeyPatch

@@ -48,7 +48,7 @@ NARROW_DOT_FLAGS = {"int8": "avx512_vnni", "bf16": "avx512_bf16"}
 NARROW_DOT_DIM = {"int8": 64, "bf16": 32}  # D a multiple of one register's worth of the rows
 # interaction.c's dot-product modes: rows as float32, rows as stored (VNNI / AVX512-BF16), and
 # int8 rows' Gram matrix on AMX tiles
-DOTS = {"float32": 0, "stored": 1, "amx": 2}
+DOTS = {"float32": 0, "stored": 1, "amx": 2, "rounded": 3}
 AMX_DOT_FLAGS = {"int8": "amx_int8", "bf16": "amx_bf16"}
 
 
@@ -213,14 +213,18 @@ class GatherInteraction:
     ``tables``: T tensors (or one stacked tensor plus per-table first rows ``bases``) of float32
     or bfloat16 rows ``[N, D]``, or row-wise int8 rows ``[N, D + 8]`` (uint8). The tensors must
     stay alive as long as this object: it holds their addresses. ``dots`` (``auto`` or
-    ``float32``) and ``amx`` (the precision may use AMX) choose how the dot products run, in
-    ``self.dots``: ``float32`` rows; ``stored``, the rows as stored (int8 on AVX512-VNNI, bf16 on
-    AVX512-BF16); ``amx``, their Gram matrix on AMX tiles (at most 32 rows: up to 31 bf16 tables
-    with x, 28 int8 tables with a row of ones and x in three byte planes).
+    ``float32``), ``amx`` (the precision may use AMX) and ``bf16_math`` (its fp32 matmuls may
+    run in bf16: amx_bfloat32) choose how the dot products run, in ``self.dots``: ``float32``
+    rows; ``stored``, the rows as stored (int8 on AVX512-VNNI, bf16 on AVX512-BF16); ``amx``,
+    their Gram matrix on AMX tiles (at most 32 rows: up to 31 bf16 tables with x, 28 int8 tables
+    with a row of ones and x in three byte planes); ``rounded``, float32 rows and x rounded to
+    bf16 in L1 and their Gram matrix on AMX tiles (up to 31 tables), the bmm of oneDNN's fp32
+    math mode bf16.
     """
 
     def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], kind: str,
-                 bases: list[int] | None = None, dots: str = "auto", amx: bool = False) -> None:
+                 bases: list[int] | None = None, dots: str = "auto", amx: bool = False,
+                 bf16_math: bool = False) -> None:
         self.lib = load()
         if kind not in TABLE_KINDS:
             raise KernelUnavailable(f"the fused kernel reads {', '.join(TABLE_KINDS)} tables, "
@@ -255,6 +259,11 @@ class GatherInteraction:
         if (self.dots == "stored" and amx and self.num_tables + (1 if kind == "bf16" else 4) <= 32
                 and AMX_DOT_FLAGS[kind] in cpu_flags() and self.lib.dlrm_amx_ready()):
             self.dots = "amx"
+        # float32 rows where the matmuls may run in bf16: the Gram matrix of their bf16 values
+        if (dots == "auto" and kind == "fp32" and amx and bf16_math and self.dim % 32 == 0
+                and self.num_tables + 1 <= 32 and "avx512_bf16" in cpu_flags()
+                and AMX_DOT_FLAGS["bf16"] in cpu_flags() and self.lib.dlrm_amx_ready()):
+            self.dots = "rounded"
 
     def one_hot(self, offsets: torch.Tensor, indices: torch.Tensor) -> bool:
         """``EmbeddingTables.one_hot`` in one C call: ``offsets`` ``[T, B]`` is ``arange(B)``

@@ -230,12 +230,14 @@ class PreparedModel:
         bases = tables.bases.view(-1).tolist() if tables.fused else None
         try:
             self.gather = fused.GatherInteraction(tables.weights, tables.sizes, kind, bases=bases,
-                                                  amx=self.precision.startswith("amx_"))
+                                                  amx=self.precision.startswith("amx_"),
+                                                  bf16_math=self.math_mode == "bf16")
         except fused.KernelUnavailable as exc:
             self.kernels = {"interaction": f"torch ops (fused kernel unavailable: {exc})"}
             return
         dots = {"float32": "float32", "stored": f"{kind} rows as stored",
-                "amx": f"{kind} Gram matrix on AMX tiles"}[self.gather.dots]
+                "amx": f"{kind} Gram matrix on AMX tiles",
+                "rounded": "fp32 rows rounded to bf16, Gram matrix on AMX tiles"}[self.gather.dots]
         self.kernels = {"interaction": f"fused C kernel (one-hot batches; dot products: {dots}), "
                                        "torch ops otherwise"}
 

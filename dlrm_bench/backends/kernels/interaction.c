@@ -13,7 +13,10 @@
  * torch.ops.quantized.embedding_bag_byte_prepack (D bytes, then a float32 scale and bias);
  * kind 2 = bfloat16 rows. Dot products: with dots = 1, on the rows as stored (int8: integer dots
  * on AVX512-VNNI plus a float32 correction for the scales and biases; bf16: vdpbf16ps, float32
- * sums); with dots = 0 (or a CPU without those), on rows turned into float32 in L1.
+ * sums); with dots = 0 (or a CPU without those), on rows turned into float32 in L1; with
+ * dots = 2 their Gram matrix on AMX tiles; with dots = 3 (float32 rows, amx_bfloat32: its
+ * matmuls run in bf16) the rows rounded to bf16 in L1 and their Gram matrix on AMX tiles, as a
+ * bmm in oneDNN's fp32 math mode bf16 computes it.
  * Output (out_kind): 0 float32; 1 uint8 quantized with one scale / zero point, which is what the
  * int8 top MLP's first layer reads (saves a float pass over the output); 2 bfloat16 (rounded to
  * nearest even), what a bf16 top MLP reads.
@@ -479,16 +482,20 @@ static BF16 void triangle_bf16(const uint16_t *const *brow, int64_t num_tables, 
 
 /* One sample's triangle from bf16 rows on AMX: x (rounded to bf16, exact for amx_bfloat16) and
  * the T <= 31 rows copied into 32 rows of a tile buffer (rows past them zero), their Gram matrix
- * by TDPBF16PS (float32 sums of the bf16 products, as vdpbf16ps), its lower triangle copied out. */
-static AMX void triangle_bf16_amx(const uint16_t *const *brow, int64_t num_tables, int64_t dim,
-                                  const float *x, float *tri, dot_scratch *w) {
+ * by TDPBF16PS (float32 sums of the bf16 products, as vdpbf16ps), its lower triangle copied out.
+ * f32_rows: row[t] are float32 rows, rounded to bf16 (nearest even) on the way in. */
+static AMX void triangle_bf16_amx(const void *const *row, int f32_rows, int64_t num_tables,
+                                  int64_t dim, const float *x, float *tri, dot_scratch *w) {
     uint16_t *r = (uint16_t *)w->qu;
-    for (int64_t d = 0; d < dim; d += 32)
-        _mm512_store_si512(r + d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + d + 16),
-                                                               _mm512_loadu_ps(x + d)));
+#define ROUND32(src, d) \
+    (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps((src) + (d) + 16), _mm512_loadu_ps((src) + (d)))
+    for (int64_t d = 0; d < dim; d += 32) _mm512_store_si512(r + d, ROUND32(x, d));
     for (int64_t t = 0; t < num_tables; t++)
         for (int64_t d = 0; d < dim; d += 32)
-            _mm512_store_si512(r + (t + 1) * dim + d, _mm512_loadu_si512(brow[t] + d));
+            _mm512_store_si512(r + (t + 1) * dim + d,
+                               f32_rows ? ROUND32((const float *)row[t], d)
+                                        : _mm512_loadu_si512((const uint16_t *)row[t] + d));
+#undef ROUND32
     gram_bf16_amx((const uint8_t *)r, dim * 2, w->packed, w->gram);
     const float *g = (const float *)w->gram;
     for (int64_t i = 1; i <= num_tables; i++) {
@@ -540,17 +547,23 @@ static void gather_rows(
     const int64_t n = num_tables + 1;
     const int64_t width = dim + n * (n - 1) / 2;
     /* dots 1: integer (int8 rows, VNNI) or bf16 (bf16 rows, AVX512-BF16) dot products on the
-     * rows as stored; 0: rows in float32 (dequantized or widened in L1) */
-    const int narrow = dots >= 1 && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
-                                     || (kind == 2 && dim % 32 == 0
-                                         && __builtin_cpu_supports("avx512bf16")));
+     * rows as stored; 0: rows in float32 (dequantized or widened in L1); 3: float32 rows rounded
+     * to bf16, their Gram matrix on AMX tiles (amx_bfloat32) */
+    const int rounded = dots == 3 && kind == 0 && dim % 32 == 0 && num_tables + 1 <= 32
+                        && __builtin_cpu_supports("avx512bf16") && dlrm_amx_ready();
+    const int narrow = rounded
+                       || ((dots == 1 || dots == 2)
+                           && ((kind == 1 && dim % 64 == 0 && __builtin_cpu_supports("avx512vnni"))
+                               || (kind == 2 && dim % 32 == 0
+                                   && __builtin_cpu_supports("avx512bf16"))));
+    const int bf16_gram = kind == 2 || rounded; /* the tiles hold bf16 rows, x among them */
     /* dots 2: the Gram matrix on AMX tiles (int8: up to 28 tables, see triangle_int8_amx;
      * bf16: 31, with x). Not for a few int8 rows: the tiles' setup per call (config, zeroed pad
      * rows, release) is not repaid (batch 1 on an AMX Xeon: 56-59 us against 51-54 on VNNI);
      * the bf16 one-call chains use the tiles anyway. */
-    const int64_t gram_rows = num_tables + (kind == 2 ? 1 : 4); /* of the tiles' 32 */
-    const int amx = narrow && dots == 2 && gram_rows <= 32 && (kind == 2 || batch >= 16)
-                    && dlrm_amx_ready();
+    const int64_t gram_rows = num_tables + (bf16_gram ? 1 : 4); /* of the tiles' 32 */
+    const int amx = rounded || (narrow && dots == 2 && gram_rows <= 32
+                                && (kind == 2 || batch >= 16) && dlrm_amx_ready());
     float deq[MAX_ROWS * MAX_DIM] __attribute__((aligned(64)));
     float zrow[MAX_DIM + MAX_ROWS * (MAX_ROWS - 1) / 2] __attribute__((aligned(64)));
     const float *rows[MAX_ROWS];
@@ -558,7 +571,7 @@ static void gather_rows(
     dot_scratch scratch;
     if (amx) { /* the A tiles read 32 rows: those past the tables and x (bf16: x; int8: a row
                 * of ones and x's three planes, see triangle_int8_amx) stay zero */
-        const int64_t tile_row = kind == 2 ? 2 * dim : dim;
+        const int64_t tile_row = bf16_gram ? 2 * dim : dim;
         memset(scratch.qu + gram_rows * tile_row, 0, (32 - gram_rows) * tile_row);
         if (kind == 1) memset(scratch.qu + num_tables * dim, 1, dim);
         amx_configure();
@@ -605,8 +618,7 @@ static void gather_rows(
             (amx ? triangle_int8_amx : triangle_int8)((const uint8_t *const *)stored,
                                                       num_tables, dim, rows[0], tri, &scratch);
         } else if (narrow && amx) {
-            triangle_bf16_amx((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
-                              &scratch);
+            triangle_bf16_amx(stored, rounded, num_tables, dim, rows[0], tri, &scratch);
         } else if (narrow) {
             triangle_bf16((const uint16_t *const *)stored, num_tables, dim, rows[0], tri,
                           &scratch);
@@ -1739,6 +1751,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
                     m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
+
         if (row_split) {
             chain_rows_amx(bf, rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, a, b, m->width,
                            group, out, 1);
