@@ -1663,13 +1663,17 @@ typedef struct {
 
 static int64_t align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 
+/* The interaction rows' stride in elements: whole 64-element groups, so that every row starts
+ * on a cache line (479-wide rows made half the top MLP's A-tile rows straddle two lines). */
+static int64_t z_stride(int64_t width) { return (width + 63) / 64 * 64; }
+
 /* Bytes of scratch dlrm_forward_small needs for rows on threads threads. */
 int64_t dlrm_small_scratch_bytes(const dlrm_small_model *m, int64_t rows, int32_t threads) {
     const int64_t n = m->num_tables + 1, width = m->dim + n * (n - 1) / 2;
     rows = (rows + 31) / 32 * 32 + 1; /* the AMX chains read whole 16- or 32-row blocks, and
                                        * whole 32- or 64-byte k chunks */
     return 2 * align64(rows * m->width * 4) + align64(rows * m->dim * 4)
-           + align64(rows * width * 4)
+           + align64(rows * z_stride(width) * 4)
            + (threads > 0 ? threads : 1) * align64(group_buffer_bytes(m->width));
 }
 
@@ -1708,7 +1712,8 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
     char *a = scratch, *b = a + align64(padded * m->width * 4);
     float *x = (float *)(b + align64(padded * m->width * 4));
     void *z = (char *)x + align64(padded * m->dim * 4);
-    char *groups = (char *)z + align64(padded * zwidth * 4); /* a group_buffer_bytes per thread */
+    const int64_t zs = z_stride(zwidth);
+    char *groups = (char *)z + align64(padded * zs * 4); /* a group_buffer_bytes per thread */
     /* the chains on AMX tiles from 8 rows: below, a 16-row tile is mostly padding and the
      * AVX-512 chains were as fast or faster (amx_int8, 2 threads, us: 1 row 42 against 59,
      * 4 rows 62 / 66, 8 rows 93 / 74, 16 rows 160 / 89) */
@@ -1749,20 +1754,20 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
                    m->width, x, m->dim);
         }
         gather_rows(rows, m->num_tables, m->dim, x, m->dim, ids, ids_stride_t, ids_stride_b,
-                    m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zwidth,
+                    m->table_addr, m->table_rows, m->row_bytes, m->table_kind, z, zs,
                     q8 ? 1 : bf ? 2 : 0, m->z_inv_scale, m->z_zp, m->dots, &bad_id);
 
         if (row_split) {
-            chain_rows_amx(bf, rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f, a, b, m->width,
+            chain_rows_amx(bf, rows, m->top, m->n_top, z, zs, 0, 1.0f, 0.0f, a, b, m->width,
                            group, out, 1);
         } else if (q8) {
-            (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zwidth, 0, 1.0f, 0.0f,
+            (qamx ? qchain_amx : qchain)(rows, m->top, m->n_top, z, zs, 0, 1.0f, 0.0f,
                                          (uint8_t *)a, (uint8_t *)b, m->width, out, 1);
         } else if (bf) {
-            (bamx ? bchain_amx : bchain)(rows, m->top, m->n_top, (const uint16_t *)z, zwidth,
+            (bamx ? bchain_amx : bchain)(rows, m->top, m->n_top, (const uint16_t *)z, zs,
                                          (uint16_t *)a, (uint16_t *)b, m->width, out, 1);
         } else {
-            fchain(rows, m->top, m->n_top, z, zwidth, (float *)a, (float *)b, m->width, out, 1);
+            fchain(rows, m->top, m->n_top, z, zs, (float *)a, (float *)b, m->width, out, 1);
         }
     done:;
     }
