@@ -661,6 +661,24 @@ def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
         assert calls == [rows for rows in (n, 1, 3, 16) if rows <= limits[precision][0]]
 
 
+def tiny_amx_model(precision: str, seed: int):
+    """The tiny preset's model, a 300-row batch and the model prepared for an amx_* precision;
+    skips where this CPU lacks that precision's AMX tiles."""
+    ready = fused.amx_int8_ready if precision == "amx_int8" else fused.amx_bf16_ready
+    if not (HAS_KERNEL_CPU and ready()):
+        pytest.skip(f"needs AMX tiles for {precision}")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    batch = make_batch(spec, 300, seed=seed)
+    plan = native.PLANS[precision]
+    with torch.inference_mode():
+        if precision == "amx_int8":
+            state = native._int8_state(model, q8.calibrate(model, [batch]))
+        else:
+            state = native._float_state(model, plan["dtype"], plan["tables"])
+        return model, batch, native.PreparedModel(precision, spec, state)
+
+
 @pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: int) -> None:
@@ -668,19 +686,8 @@ def test_chains_on_amx_tiles_equal_the_avx512_chains(precision: str, threads: in
     rows and k's in use; from 8 rows, fewer take the AVX-512 chains) give the AVX-512 chains'
     results for row counts inside and across blocks: bf16 to float32 rounding, int8 exactly;
     amx_bfloat32 runs the bf16 ones with its weights rounded to bf16 and stays near fp32."""
-    ready = fused.amx_int8_ready if precision == "amx_int8" else fused.amx_bf16_ready
-    if not (HAS_KERNEL_CPU and ready()):
-        pytest.skip(f"needs AMX tiles for {precision}")
-    spec = get_preset("tiny")
-    model = build_model(spec, seed=0).eval()
-    batch = make_batch(spec, 300, seed=4)
-    plan = native.PLANS[precision]
+    model, batch, prepared = tiny_amx_model(precision, seed=4)
     with torch.inference_mode():
-        if precision == "amx_int8":
-            state = native._int8_state(model, q8.calibrate(model, [batch]))
-        else:
-            state = native._float_state(model, plan["dtype"], plan["tables"])
-        prepared = native.PreparedModel(precision, spec, state)
         small = prepared.small_forward
         assert small is not None and small.amx and small.model.amx == 1
         reference = model(batch.dense, batch.offsets, batch.indices)
@@ -710,19 +717,9 @@ def test_layer_groups_on_amx_tiles_give_the_layer_by_layer_results(precision: st
     a time through small buffers; a layer alone runs on all the thread's rows) change only the
     order of the work: every budget, from each layer alone to the whole chain in one group and
     the mixes between, gives the same bits, for row counts whose last group block is partial."""
-    ready = fused.amx_int8_ready if precision == "amx_int8" else fused.amx_bf16_ready
-    if not (HAS_KERNEL_CPU and ready()):
-        pytest.skip(f"needs AMX tiles for {precision}")
-    spec = get_preset("tiny")
-    model = build_model(spec, seed=0).eval()
-    batch = make_batch(spec, 300, seed=5)
-    plan = native.PLANS[precision]
+    _, batch, prepared = tiny_amx_model(precision, seed=5)
     with torch.inference_mode():
-        if precision == "amx_int8":
-            state = native._int8_state(model, q8.calibrate(model, [batch]))
-        else:
-            state = native._float_state(model, plan["dtype"], plan["tables"])
-        small = native.PreparedModel(precision, spec, state).small_forward
+        small = prepared.small_forward
         assert small is not None and small.amx
         # each layer's packed weights, as interaction.c's groups count them
         sizes = sorted((st.n + 15) // 16 * (st.kw if isinstance(c, fused.SmallQMLP) else st.kp)
