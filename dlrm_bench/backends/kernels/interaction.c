@@ -527,12 +527,18 @@ static inline void quantize_to(const float *src, int64_t n, float inv_scale, flo
     }
 }
 
+/* 1 when every bag of one table holds one id: its offsets (stride_b apart) are 0, 1, 2, ... */
+static int table_one_hot(const int64_t *offsets, int64_t stride_b, int64_t batch) {
+    for (int64_t b = 0; b < batch; b++)
+        if (offsets[b * stride_b] != b) return 0;
+    return 1;
+}
+
 /* 1 when every bag holds one id, i.e. offsets[t][b] == b for all t, b (the data's layout). */
 int dlrm_one_hot(const int64_t *offsets, int64_t stride_t, int64_t stride_b, int64_t num_tables,
                  int64_t batch) {
     for (int64_t t = 0; t < num_tables; t++)
-        for (int64_t b = 0; b < batch; b++)
-            if (offsets[t * stride_t + b * stride_b] != b) return 0;
+        if (!table_one_hot(offsets + t * stride_t, stride_b, batch)) return 0;
     return 1;
 }
 
@@ -1012,7 +1018,8 @@ static inline void fstore(const dlrm_flayer *L, __m512 acc, int64_t n0, float *o
  * weights (contiguous after this group's) into L2, one line per k: at 16 rows (the
  * weight-sharing layout's batch) every group's weights otherwise came from L3 during its first
  * row tile with the FMAs waiting (avx_fp32, 1 thread, batch 16: +14.6%, alternating in one
- * process; into L1 instead: the same). Prefetches do not fault: past the last group, none. */
+ * process; into L1 instead: the same). A last group of fewer than 4 blocks is prefetched as if
+ * whole: prefetches past the weights do not fault. */
 static void ftile4(const dlrm_flayer *L, int nb, int64_t blk, const float *x, int64_t x_stride,
                    int64_t m0, float *out, int64_t out_stride) {
     FBLOCK_POINTERS;
@@ -1738,8 +1745,7 @@ int dlrm_forward_small(const dlrm_small_model *m, int64_t rows, const float *den
          * tables: 426 KB, ~60 us on one thread) */
 #pragma omp for schedule(static) reduction(| : multi_id)
         for (int64_t t = 0; t < m->num_tables; t++)
-            for (int64_t r = 0; r < rows; r++)
-                multi_id |= offsets[t * off_stride_t + r * off_stride_b] != r;
+            multi_id |= !table_one_hot(offsets + t * off_stride_t, off_stride_b, rows);
         if (multi_id) goto done; /* every thread, after the loop's barrier: the caller's path */
         void *group = groups + omp_get_thread_num() * align64(group_buffer_bytes(m->width));
         if (q8 && row_split) {
