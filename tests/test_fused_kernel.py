@@ -256,11 +256,12 @@ def test_small_int8_chain_equals_layer_by_layer() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize(("k", "n"), [(13, 512), (479, 1024), (256, 1), (1024, 40), (7, 80)])
-@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 21])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_float_linear_equals_f_linear(k: int, n: int, rows: int, threads: int) -> None:
-    """N not a multiple of 16 nor of 64 (a last group of 1-3 blocks), rows around the 4-row
-    tiles, odd K (the 1-row tile's two chains), 1-2 threads, each post-op."""
+    """N not a multiple of 16 nor of 64 (a last group of 1-3 blocks; from 8 rows of 1 block),
+    rows around the 4-row and 8-row tiles, odd K (the 1-row tile's two chains), 1-2 threads,
+    each post-op."""
     g = torch.Generator().manual_seed(k * n + rows)
     weight = torch.randn(n, k, generator=g) / k**0.5
     bias = torch.randn(n, generator=g) * 0.1

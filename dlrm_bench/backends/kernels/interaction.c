@@ -1081,6 +1081,58 @@ static void ftile1(const dlrm_flayer *L, int nb, int64_t blk, const float *x, in
     FSTORE4(a, m0);
 }
 
+/* 8 rows x 2 output blocks, for 8 rows and more (fchain): per k two weight loads and eight
+ * broadcasts for 16 FMAs, so each weight line comes from L2 once per 8 rows (ftile4: once per 4
+ * rows; a group's 4 blocks, K x 256 bytes, do not stay in L1). The first two row tiles of a
+ * group stream the next group's weights into L2 as ftile4's do. Same sums in the same order as
+ * ftile4 (same bits); avx_fp32, alternating in one process: 1 thread, batch 16 +15.5%, 2 threads,
+ * batch 2048 +7% (12 rows x 2 blocks: -2%, spills). */
+static void ftile8(const dlrm_flayer *L, int nb, int64_t blk, const float *x, int64_t x_stride,
+                   int64_t m0, float *out, int64_t out_stride) {
+    const int64_t K = L->k;
+    const float *w0 = L->w + blk * K * 16, *w1 = w0 + (nb > 1 ? K * 16 : 0);
+    const float *x0 = x + m0 * x_stride;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0;
+    __m512 d1 = a0, e0 = a0, e1 = a0, f0 = a0, f1 = a0, g0 = a0, g1 = a0, h0 = a0, h1 = a0;
+    const int64_t next = blk + 2; /* the next group's first block */
+    const char *ahead = next < (L->n + 15) / 16 && m0 < 16
+                            ? (const char *)(L->w + next * K * 16) + m0 / 8 * K * 64
+                            : NULL;
+#define FMA2(a, r)                                                                             \
+    do {                                                                                       \
+        const __m512 bx = _mm512_set1_ps(x0[(r) * x_stride + k]);                              \
+        a##0 = _mm512_fmadd_ps(bx, v0, a##0);                                                  \
+        a##1 = _mm512_fmadd_ps(bx, v1, a##1);                                                  \
+    } while (0)
+    for (int64_t k = 0; k < K; k++) {
+        if (ahead) _mm_prefetch(ahead + k * 64, _MM_HINT_T1);
+        const __m512 v0 = _mm512_loadu_ps(w0 + 16 * k), v1 = _mm512_loadu_ps(w1 + 16 * k);
+        FMA2(a, 0);
+        FMA2(b, 1);
+        FMA2(c, 2);
+        FMA2(d, 3);
+        FMA2(e, 4);
+        FMA2(f, 5);
+        FMA2(g, 6);
+        FMA2(h, 7);
+    }
+#undef FMA2
+#define STORE2(a, r)                                                                           \
+    do {                                                                                       \
+        fstore(L, a##0, blk * 16, out, m0 + (r), out_stride);                                  \
+        if (nb > 1) fstore(L, a##1, (blk + 1) * 16, out, m0 + (r), out_stride);                \
+    } while (0)
+    STORE2(a, 0);
+    STORE2(b, 1);
+    STORE2(c, 2);
+    STORE2(d, 3);
+    STORE2(e, 4);
+    STORE2(f, 5);
+    STORE2(g, 6);
+    STORE2(h, 7);
+#undef STORE2
+}
+
 /* The float chain inside a parallel region, as qchain. Arguments as dlrm_fmlp_small's. */
 static void fchain(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, const float *x,
                    int64_t x_stride, float *scratch_a, float *scratch_b, int64_t scratch_stride,
@@ -1092,7 +1144,19 @@ static void fchain(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, co
         const int last = l + 1 == n_layers;
         float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
         const int64_t dst_stride = last ? out_stride : scratch_stride;
-        LAYER_GROUPS(ftile4, ftile1, in, in_stride, rows, dst, dst_stride);
+        if (rows < 8) {
+            LAYER_GROUPS(ftile4, ftile1, in, in_stride, rows, dst, dst_stride);
+        } else { /* groups of 2 blocks, 8-row tiles; the rest of the rows one at a time */
+            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 1) / 2;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g++) {
+                const int nb = blocks - 2 * g < 2 ? (int)(blocks - 2 * g) : 2;
+                int64_t m = 0;
+                for (; m + 8 <= rows; m += 8)
+                    ftile8(L, nb, 2 * g, in, in_stride, m, dst, dst_stride);
+                for (; m < rows; m++) ftile1(L, nb, 2 * g, in, in_stride, m, dst, dst_stride);
+            }
+        }
         in = dst;
         in_stride = scratch_stride;
     }
