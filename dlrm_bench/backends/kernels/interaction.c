@@ -750,6 +750,17 @@ static inline void set_stream_weights(int64_t chain_bytes) {
     stream_weights = chain_bytes / omp_get_num_threads() > STREAM_WEIGHTS_BYTES;
 }
 
+/* Where a row tile at row m0 (of tile_rows rows) of the output group starting at block blk
+ * (`width` blocks of block_bytes each, n outputs in all) streams the next group's weights from:
+ * one block per row tile, the group's first width row tiles; NULL when not streaming. */
+static inline const char *next_group_weights(const void *w, int64_t block_bytes, int64_t n,
+                                             int64_t blk, int64_t width, int64_t m0,
+                                             int64_t tile_rows) {
+    const int64_t next = blk + width; /* the next group's first block */
+    if (!stream_weights || next >= (n + 15) / 16 || m0 >= width * tile_rows) return NULL;
+    return (const char *)w + (next + m0 / tile_rows) * block_bytes;
+}
+
 static int64_t qchain_bytes(const dlrm_qlayer *layers, int32_t n_layers) {
     int64_t bytes = 0;
     for (int32_t l = 0; l < n_layers; l++) bytes += (layers[l].n + 15) / 16 * layers[l].kw * 64;
@@ -765,14 +776,18 @@ static int64_t qchain_bytes(const dlrm_qlayer *layers, int32_t n_layers) {
         store(L, b == 0 ? a##0 : b == 1 ? a##1 : b == 2 ? a##2 : a##3, (blk + b) * 16, out, \
               row, out_stride)
 #define LAYER_GROUPS(tile4, tile1, in, in_stride, rows, o, o_stride) \
+    LAYER_GROUPS_OF(4, tile4, 4, tile1, in, in_stride, rows, o, o_stride)
+/* The same with groups of `width` blocks and tiles of `tile_rows` rows (fchain's 8 x 2 tiles) */
+#define LAYER_GROUPS_OF(width, tile, tile_rows, tile1, in, in_stride, rows, o, o_stride) \
     do { \
-        const int64_t blocks_ = (L->n + 15) / 16, groups_ = (blocks_ + 3) / 4; \
+        const int64_t blocks_ = (L->n + 15) / 16, groups_ = (blocks_ + (width) - 1) / (width); \
         _Pragma("omp for schedule(static)") \
         for (int64_t g = 0; g < groups_; g++) { \
-            const int nb = blocks_ - 4 * g < 4 ? (int)(blocks_ - 4 * g) : 4; \
+            const int nb = blocks_ - (width) * g < (width) ? (int)(blocks_ - (width) * g) : (width); \
             int64_t m = 0; \
-            for (; m + 4 <= (rows); m += 4) tile4(L, nb, 4 * g, in, in_stride, m, o, o_stride); \
-            for (; m < (rows); m++) tile1(L, nb, 4 * g, in, in_stride, m, o, o_stride); \
+            for (; m + (tile_rows) <= (rows); m += (tile_rows)) \
+                tile(L, nb, (width) * g, in, in_stride, m, o, o_stride); \
+            for (; m < (rows); m++) tile1(L, nb, (width) * g, in, in_stride, m, o, o_stride); \
         } \
     } while (0)
 
@@ -809,10 +824,7 @@ static VNNI void qtile4(const dlrm_qlayer *L, int nb, int64_t blk, const uint8_t
         DP4(d, bx);
     }
     /* the next group's weights into L2 (see stream_weights), as ftile4 */
-    const int64_t next = blk + 4;
-    const char *ahead = stream_weights && next < (L->n + 15) / 16 && m0 < 16
-                            ? (const char *)(L->w + next * kw * 64) + m0 / 4 * kw * 64
-                            : NULL;
+    const char *ahead = next_group_weights(L->w, kw * 64, L->n, blk, 4, m0, 4);
     for (int64_t q = 0; q < kfull; q++) {
         if (ahead) _mm_prefetch(ahead + q * 64, _MM_HINT_T1);
         LOAD4(q);
@@ -1061,10 +1073,7 @@ static void ftile4(const dlrm_flayer *L, int nb, int64_t blk, const float *x, in
     const float *x3 = x2 + x_stride;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0;
     __m512 b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;
-    const int64_t next = blk + 4; /* the next group's first block */
-    const char *ahead = stream_weights && next < (L->n + 15) / 16 && m0 < 16
-                            ? (const char *)(L->w + next * K * 16) + m0 / 4 * K * 64
-                            : NULL;
+    const char *ahead = next_group_weights(L->w, K * 64, L->n, blk, 4, m0, 4);
     for (int64_t k = 0; k < K; k++) {
         if (ahead) _mm_prefetch(ahead + k * 64, _MM_HINT_T1);
         FLOAD4(k);
@@ -1128,10 +1137,7 @@ static void ftile8(const dlrm_flayer *L, int nb, int64_t blk, const float *x, in
     const float *x0 = x + m0 * x_stride;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0;
     __m512 d1 = a0, e0 = a0, e1 = a0, f0 = a0, f1 = a0, g0 = a0, g1 = a0, h0 = a0, h1 = a0;
-    const int64_t next = blk + 2; /* the next group's first block */
-    const char *ahead = stream_weights && next < (L->n + 15) / 16 && m0 < 16
-                            ? (const char *)(L->w + next * K * 16) + m0 / 8 * K * 64
-                            : NULL;
+    const char *ahead = next_group_weights(L->w, K * 64, L->n, blk, 2, m0, 8);
 #define FMA2(a, r)                                                                             \
     do {                                                                                       \
         const __m512 bx = _mm512_set1_ps(x0[(r) * x_stride + k]);                              \
@@ -1178,19 +1184,10 @@ static void fchain(int64_t rows, const dlrm_flayer *layers, int32_t n_layers, co
         const int last = l + 1 == n_layers;
         float *dst = last ? out : (l % 2 == 0) ? scratch_a : scratch_b;
         const int64_t dst_stride = last ? out_stride : scratch_stride;
-        if (rows < 8) {
+        if (rows < 8) /* groups of 4 blocks, 4-row tiles; else 2 blocks, 8-row tiles */
             LAYER_GROUPS(ftile4, ftile1, in, in_stride, rows, dst, dst_stride);
-        } else { /* groups of 2 blocks, 8-row tiles; the rest of the rows one at a time */
-            const int64_t blocks = (L->n + 15) / 16, groups = (blocks + 1) / 2;
-#pragma omp for schedule(static)
-            for (int64_t g = 0; g < groups; g++) {
-                const int nb = blocks - 2 * g < 2 ? (int)(blocks - 2 * g) : 2;
-                int64_t m = 0;
-                for (; m + 8 <= rows; m += 8)
-                    ftile8(L, nb, 2 * g, in, in_stride, m, dst, dst_stride);
-                for (; m < rows; m++) ftile1(L, nb, 2 * g, in, in_stride, m, dst, dst_stride);
-            }
-        }
+        else
+            LAYER_GROUPS_OF(2, ftile8, 8, ftile1, in, in_stride, rows, dst, dst_stride);
         in = dst;
         in_stride = scratch_stride;
     }
