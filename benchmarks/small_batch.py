@@ -1,16 +1,18 @@
 """Where the native backend's one-call small-batch path beats its general path (not a test).
 
     .venv/bin/python benchmarks/small_batch.py [--precisions avx_int8,avx_fp32]
-        [--threads 1,2] [--batches 1,4,16,32,64,128,256] [--repeats 5] [--preset terabyte-small]
-        [--cache-dir DIR] [--out benchmarks/results/small-batch-<host>.json]
+        [--threads 1,2] [--batches 1,4,16,32,64,128,256] [--repeats 5] [--samples 20000]
+        [--preset terabyte-small] [--cache-dir DIR]
+        [--out benchmarks/results/small-batch-<host>.json]
 
 For each precision (own process: the oneDNN ISA cap is per process), thread count and batch
 size, the same prepared model runs the same batches alternately through the one-call C path
 (``dlrm_forward_small``) and through the general path (oneDNN layer by layer, the gather kernel),
-``--repeats`` times each; the JSON gives the median microseconds per batch of both, their ratio,
-and the machine. ``native.SMALL_*_ROWS_PER_THREAD`` were chosen from these figures. On an AMX
-host, ``--precisions amx_int8,amx_bfloat16,amx_bfloat32`` measures the same question against
-oneDNN's AMX kernels (``benchmarks/results/small-batch-amx-*.json``: 2 cores of an AMX Xeon).
+``--repeats`` times each, each time over ``--samples`` rows (at least 20 batches); the JSON
+gives the median microseconds per batch of both, their ratio, and the machine.
+``native.SMALL_*_ROWS_PER_THREAD`` were chosen from these figures. On an AMX host,
+``--precisions amx_int8,amx_bfloat16,amx_bfloat32`` measures the same question against oneDNN's
+AMX kernels (``benchmarks/results/small-batch-amx-*.json``: 2 cores of an AMX Xeon).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         prepared.small_rows_per_thread = 1 << 30 if small else 0
         prepared.small_chunks = chunks and small  # the general path: oneDNN layer by layer
         batches = [(b.dense[:rows], b.offsets[:, :rows], b.indices[:, :rows]) for b in pool]
-        steps = max(20, 20000 // rows)
+        steps = max(20, args.samples // rows)
         for i in range(5):
             prepared(*batches[i % len(batches)])
         start = time.perf_counter()
@@ -102,6 +104,8 @@ def main() -> int:
     parser.add_argument("--batches", default="1,4,16,32,64,128,256",
                         type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=20000,
+                        help="rows per measurement (at least 20 batches)")
     parser.add_argument("--preset", default="terabyte-small")
     parser.add_argument("--cache-dir", type=Path, help="prepared weights, kept (default: temp)")
     parser.add_argument("--out", type=Path)
@@ -125,7 +129,7 @@ def main() -> int:
                    str(result), "--cache-dir", str(cache), "--preset", args.preset,
                    "--threads", ",".join(map(str, args.threads)),
                    "--batches", ",".join(map(str, args.batches)),
-                   "--repeats", str(args.repeats)]
+                   "--repeats", str(args.repeats), "--samples", str(args.samples)]
             proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)},
                                   stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
@@ -136,7 +140,8 @@ def main() -> int:
             precisions.append(json.loads(result.read_text()))
     atomic_write_json(out, {"benchmark": "small_batch", "when": now_iso(),
                             "machine": host_facts(), "preset": args.preset,
-                            "repeats": args.repeats, "precisions": precisions})
+                            "repeats": args.repeats, "samples": args.samples,
+                            "precisions": precisions})
     print(f"written: {out}")
     return 0
 

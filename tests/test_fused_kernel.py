@@ -526,6 +526,7 @@ def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     env = {**os.environ, fused.ENV_CACHE: str(tmp_path / "cache")}
     env.pop(fused.ENV_SWITCH, None)
@@ -538,6 +539,18 @@ def test_kernels_command_builds_and_says_why_not(tmp_path) -> None:
         again = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True,
                                           timeout=300).stdout)
         assert again["available"] and not again["built_now"] and again["path"] == state["path"]
+        # loaded once (stamped): the check does not import torch again; without the stamp it
+        # loads the build once more and stamps it
+        probe = [sys.executable, "-c", "import sys; from dlrm_bench.backends import "
+                 "kernel_build as k; print(k.status()['available'], 'torch' in sys.modules)"]
+        stamp = fused.loaded_stamp(Path(state["path"]))
+        assert stamp.is_file()
+        assert subprocess.run(probe, env=env, capture_output=True, text=True,
+                              timeout=300).stdout.split() == ["True", "False"]
+        stamp.unlink()
+        assert subprocess.run(probe, env=env, capture_output=True, text=True,
+                              timeout=300).stdout.split() == ["True", "True"]
+        assert stamp.is_file()
     off = subprocess.run([*cmd[:-1], "--require"], env={**env, fused.ENV_SWITCH: "0"},
                          capture_output=True, text=True, timeout=300)
     assert off.returncode == 2

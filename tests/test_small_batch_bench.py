@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 def run(tmp_path: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(SCRIPT), "--preset", "tiny", "--batches", "1,5", "--threads", "1",
-           "--repeats", "1", "--cache-dir", str(tmp_path / "cache"), *extra]
+           "--repeats", "1", "--samples", "200", "--cache-dir", str(tmp_path / "cache"), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, fused.ENV_CACHE: str(tmp_path / "kernels"), **env})
 
@@ -36,6 +36,7 @@ def test_writes_both_paths_per_configuration(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "small_batch" and doc["machine"]["cpu_model"]
+    assert doc["samples"] == 200
     assert [p["precision"] for p in doc["precisions"]] == ["avx_int8", "avx_fp32"]
     for precision in doc["precisions"]:
         assert precision["rows_per_thread_limit"] > 0

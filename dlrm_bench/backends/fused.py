@@ -17,29 +17,29 @@ backend then uses torch ops and records that reason in the run's result (``model
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 import torch
 
+from dlrm_bench.backends.kernel_build import (  # noqa: F401  (re-exported: fused.build, ...)
+    ABI,
+    CFLAGS,
+    ENV_CACHE,
+    ENV_SWITCH,
+    NEEDED_FLAGS,
+    SOURCE,
+    KernelUnavailable,
+    build,
+    cache_dir,
+    check_usable,
+    loaded_stamp,
+    status,
+)
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
 
-ABI = 12
-SOURCE = "interaction.c"
-CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
-          "-shared", "-fPIC")
-NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-# "0" turns the kernels off (A/B measurements, debugging): the torch ops run instead
-ENV_SWITCH = "DLRM_BENCH_FUSED"
-ENV_CACHE = "DLRM_BENCH_KERNEL_CACHE"
 MAX_ROWS, MAX_DIM = 64, 512  # the kernel's stack buffers (T + 1 rows of D floats)
 TABLE_KINDS = {"fp32": 0, "int8": 1, "bf16": 2}  # interaction.c's table kinds
 OUT_KINDS = {torch.float32: 0, torch.uint8: 1, torch.bfloat16: 2}
@@ -52,99 +52,20 @@ DOTS = {"float32": 0, "stored": 1, "amx": 2, "rounded": 3}
 AMX_DOT_FLAGS = {"int8": "amx_int8", "bf16": "amx_bf16"}
 
 
-class KernelUnavailable(RuntimeError):
-    """The fused kernel cannot run here; the message says why."""
-
-
-def status() -> dict[str, object]:
-    """Build (if needed) and load the kernels here: ``available``, ``path``, ``built_now``,
-    ``reason`` (why not), ``cache`` (what ``dlrm-bench kernels`` prints)."""
-    result: dict[str, object] = {"available": False, "path": None, "built_now": False,
-                                 "reason": None, "cache": str(cache_dir())}
-    try:
-        _check_usable()
-        path, built_now = build()
-        result.update(path=str(path), built_now=built_now)
-        load()
-    except KernelUnavailable as exc:
-        result["reason"] = str(exc)
-        return result
-    result["available"] = True
-    return result
-
-
-def _check_usable() -> None:
-    """``KernelUnavailable`` when switched off or the CPU lacks the instructions."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        raise KernelUnavailable(f"turned off by {ENV_SWITCH}=0")
-    missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
-    if missing:
-        raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
-
-
-def cache_dir() -> Path:
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dlrm-bench" / "kernels"
-
-
-def _compiler() -> str:
-    name = os.environ.get("CC", "gcc")
-    path = shutil.which(name)
-    if path is None:
-        raise KernelUnavailable(f"no C compiler ({name!r} not found on PATH)")
-    return path
-
-
-def build(directory: Path | None = None) -> tuple[Path, bool]:
-    """The compiled kernel's path and whether it was compiled now (this source, compiler and
-    flags were new here).
-
-    The file name carries a hash of all three, so an edited kernel or another compiler never
-    loads a stale build; the build goes to a temporary name and is renamed into place, so
-    instances starting together on one host may race to build it without harm.
-    """
-    compiler = _compiler()
-    source = resources.files("dlrm_bench.backends").joinpath("kernels", SOURCE).read_bytes()
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError) as exc:
-        raise KernelUnavailable(f"C compiler {compiler} does not run: {exc}") from None
-    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(CFLAGS).encode()]))
-    directory = Path(directory) if directory is not None else cache_dir()
-    target = directory / f"interaction-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target, False
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
-            src = Path(tmp) / SOURCE
-            src.write_bytes(source)
-            built = Path(tmp) / target.name
-            proc = subprocess.run([compiler, *CFLAGS, str(src), "-o", str(built)],
-                                  capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
-                first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
-                raise KernelUnavailable(f"compiling {SOURCE} failed: {first}")
-            os.replace(built, target)
-    except OSError as exc:
-        raise KernelUnavailable(f"cannot build the kernel in {directory}: {exc}") from None
-    return target, True
-
-
 @cache
 def load() -> ctypes.CDLL:
     """The loaded kernel library (built if needed); ``KernelUnavailable`` says why not."""
-    _check_usable()
+    check_usable()
     torch.get_num_threads()  # torch (and with it its OpenMP runtime) is loaded before the kernel
+    path = build()[0]
     try:
-        lib = ctypes.CDLL(str(build()[0]))
+        lib = ctypes.CDLL(str(path))
     except OSError as exc:
         raise KernelUnavailable(f"cannot load the kernel: {exc}") from None
     if lib.dlrm_kernel_abi() != ABI:
         raise KernelUnavailable("the kernel build does not match this dlrm-bench")
+    with contextlib.suppress(OSError):  # a read-only cache: status loads it each time
+        loaded_stamp(path).touch()  # kernel_build.status need not load it again
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn = lib.dlrm_gather_interact
     fn.restype = ctypes.c_int

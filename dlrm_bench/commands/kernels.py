@@ -28,9 +28,9 @@ def register(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dlrm_bench.backends import fused
+    from dlrm_bench.backends import kernel_build  # torch-free once the kernel has loaded here
 
-    state = fused.status()
+    state = kernel_build.status()
     if args.json:
         print(json.dumps(state, sort_keys=True))
     elif state["available"]:
