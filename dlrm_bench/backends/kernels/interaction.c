@@ -79,8 +79,12 @@ static inline void narrow_to_bf16(const float *src, int64_t n, uint16_t *dst) {
     }
 }
 
+/* Into L2 (T1) rather than L1 (T0): the row is read once, two samples later, when L2's latency
+ * is cheap next to DRAM's; T1 measured faster (batch 2048, alternating in one process: amx_int8
+ * +1.5-2.2%, amx_bfloat16 +0.9%, avx_fp32 +0.4%, batch 16 alike; NTA as T1 at int8, -0.4% at
+ * bf16), perhaps as the T0 lines no longer displace the sample's own L1 working set. */
 static inline void prefetch_row(const char *row, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(row + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(row + o, _MM_HINT_T1);
 }
 
 /* The four horizontal sums of a0..a3, in one tree: 13 shuffles and adds instead of four
@@ -521,9 +525,11 @@ static inline void quantize_to(const float *src, int64_t n, float inv_scale, flo
     int64_t k = 0;
     for (; k + 16 <= n; k += 16)
         _mm_storeu_si128((__m128i *)(dst + k), quantize16(_mm512_loadu_ps(src + k), vi, vz));
-    for (; k < n; k++) {
-        float v = nearbyintf(src[k] * inv_scale + zero_point);
-        dst[k] = (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
+    if (k < n) { /* the tail masked (a 479-wide interaction row: 15 values, 1-2% of the gather
+                  * in scalar code); the same fused multiply-add, rounding and clamp */
+        const __mmask16 keep = (__mmask16)((1u << (n - k)) - 1);
+        _mm_mask_storeu_epi8(dst + k, keep,
+                             quantize16(_mm512_maskz_loadu_ps(keep, src + k), vi, vz));
     }
 }
 
