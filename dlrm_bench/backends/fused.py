@@ -5,10 +5,11 @@
 a few rows.
 
 The kernel is plain C (AVX-512 intrinsics, OpenMP), compiled on first use with the host's C
-compiler into a per-user cache and loaded with ``ctypes``: a second of ``gcc`` instead of the
-~40 s a torch C++ extension takes to compile, and no dependency on torch's headers. It links the
-OpenMP runtime by its soname (``libgomp.so.1``), which torch has already loaded, so its parallel
-loop runs on torch's own OpenMP threads (no second pool spinning against torch's).
+compiler into a per-user cache (``kernel_build``, which needs no torch) and loaded with
+``ctypes``: a second of ``gcc`` instead of the ~40 s a torch C++ extension takes to compile, and
+no dependency on torch's headers. It links the OpenMP runtime by its soname (``libgomp.so.1``),
+which torch has already loaded, so its parallel loop runs on torch's own OpenMP threads (no
+second pool spinning against torch's).
 
 Where the kernel cannot be used (no compiler, a CPU without AVX-512 BW/VL, a failed build,
 ``DLRM_BENCH_FUSED=0``) ``load()`` raises ``KernelUnavailable`` with the reason; the native
@@ -23,19 +24,15 @@ from functools import cache
 
 import torch
 
-from dlrm_bench.backends.kernel_build import (  # noqa: F401  (re-exported: fused.build, ...)
+from dlrm_bench.backends.kernel_build import (  # noqa: F401  (also fused.build, fused.ENV_*)
     ABI,
-    CFLAGS,
     ENV_CACHE,
     ENV_SWITCH,
     NEEDED_FLAGS,
-    SOURCE,
     KernelUnavailable,
     build,
-    cache_dir,
     check_usable,
     loaded_stamp,
-    status,
 )
 from dlrm_bench.backends.native_ops import Workspace
 from dlrm_bench.cpu import cpu_flags
