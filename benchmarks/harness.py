@@ -1,8 +1,9 @@
 """Native vs IPEX on this machine: one invocation, alternating backends (not a test).
 
     .venv/bin/python benchmarks/harness.py [--precisions avx_fp32,amx_bfloat16,amx_int8 | all]
-        [--batches 2048,1] [--sharing-batch 16] [--repeats 3] [--target-seconds 2]
-        [--preset terabyte-small] [--seed 0] [--threads N] [--cache-dir DIR] [--out F.json]
+        [--batches 2048,1] [--sharing-batch 16] [--repeats 3] [--paired-slices 8]
+        [--target-seconds 2] [--preset terabyte-small] [--seed 0] [--threads N]
+        [--cache-dir DIR] [--out F.json]
 
 What runs. The native backend with .venv/bin/python and, when .venv-ipex exists (``make
 ipex-venv``), the IPEX backend with .venv-ipex/bin/python, on the same model (``--preset``,
@@ -14,7 +15,13 @@ for paging its tables in); then the seed's weight-sharing layout per backend, in
 ``dlrm-bench launch --instances <cores> --cores-per-instance 1 --weight-sharing`` at
 ``--sharing-batch`` (one single-threaded
 stream per physical core over one memory-mapped copy of the weights), its timed windows sized
-as the workers' (``sharing_steps``). Prepared weights and int8
+as the workers' (``sharing_steps``). Then the paired windows
+(``run_paired``, ``--paired-slices``, when both native and IPEX run): one worker per backend in
+``--serve`` mode, both kept alive at the largest batch, their timed windows of
+``--target-seconds`` taking turns (native first in even slices, IPEX in odd ones); the ratio of
+each slice's two windows compares the backends over the same few seconds of the machine, where
+the workers' runs above are a whole worker apart (on a VM whose speed drifts by tens of percent
+over minutes, those ratios spread 1.18-1.49 over five repeats). Prepared weights and int8
 calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
@@ -44,13 +51,17 @@ about 15 minutes on 2 cores (``--precisions all`` for the five).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import queue
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness_report import markdown, summarise  # noqa: E402  (benchmarks/ is on sys.path)
+from harness_worker import REPLY  # noqa: E402
 
 from dlrm_bench import launcher, topology  # noqa: E402
 from dlrm_bench.config import ENV_NAMES, PRECISIONS  # noqa: E402
@@ -166,19 +178,26 @@ def _calibration(cache: Path, backend: str) -> str:
     return str(cache / f"calibration-{backend}.json")
 
 
+def worker_cmd(args: argparse.Namespace, variant: str, precision: str, plan: list[list[Any]],
+               cache: Path, out: Path, serve: bool = False) -> list[str]:
+    """benchmarks/harness_worker.py's command line for a variant and plan."""
+    backend = VARIANTS[variant][0]
+    return [str(VENVS[backend]), str(REPO / "benchmarks" / "harness_worker.py"),
+            "--backend", backend, "--precision", precision, "--preset", args.preset,
+            "--seed", str(args.seed), "--threads", str(args.threads),
+            "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
+            "--calibration-file", _calibration(cache, backend), "--out", str(out),
+            *(["--serve"] if serve else []), *run_flags(variant)]
+
+
 def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: int,
                cache: Path, work: Path) -> list[dict[str, Any]]:
     plan = [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
              args.max_steps] for b in args.batches]
-    backend, extra_env, _flags = VARIANTS[variant]
+    extra_env = VARIANTS[variant][1]
     tag = f"{variant}-{precision}-r{repeat}"
     out, load = work / f"{tag}.json", loadavg()
-    error = _call([str(VENVS[backend]), str(REPO / "benchmarks" / "harness_worker.py"),
-                   "--backend", backend, "--precision", precision, "--preset", args.preset,
-                   "--seed", str(args.seed), "--threads", str(args.threads),
-                   "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
-                   "--calibration-file", _calibration(cache, backend), "--out", str(out),
-                   *run_flags(variant)],
+    error = _call(worker_cmd(args, variant, precision, plan, cache, out),
                   work / f"{tag}.log", {**base_env(args.threads), **extra_env}, 1800)
     common = {"backend": variant, "precision": precision, "repeat": repeat, "loadavg_1m": load,
               "process_wall_s": WALL.get(tag)}
@@ -199,6 +218,105 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
                         "versions": result["versions"]})
         print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
               f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)
+    return records
+
+
+class ServedWorker:
+    """A ``harness_worker.py --serve`` process: one JSON request per line on its stdin, its
+    answers the ``@@ `` lines of its stdout (read by a thread, so that a hung worker times out
+    instead of hanging the harness); its stderr goes to ``log``."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, env=env, cwd=REPO, text=True)
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                self._answers.put(line[len(REPLY):])
+        self._answers.put(None)  # end of output: the worker exited
+
+    def answer(self, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no answer in {timeout:.0f} s (log {self._log.name})") from None
+        if line is None:
+            raise RuntimeError(f"exited {self.proc.wait()} (log {self._log.name})")
+        return json.loads(line)
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        return self.answer(timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def paired_order(variants: list[str], slice_index: int) -> list[str]:
+    """native, ipex in even slices, ipex, native in odd ones: each backend's window follows the
+    other's as often as it precedes it."""
+    return variants if slice_index % 2 == 0 else variants[::-1]
+
+
+def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Path,
+               work: Path) -> list[dict[str, Any]]:
+    """``--paired-slices`` timed windows per backend at the largest batch, native and IPEX
+    taking turns (paired_order) in two processes kept alive: the ratio of the two windows of a
+    slice compares the backends over the same half-minute of the machine, where the workers'
+    windows are a worker's whole run apart (this VM's speed drifts by tens of percent over
+    minutes)."""
+    variants = [v for v in ("native", "ipex") if v in args.backends]
+    if args.paired_slices <= 0 or len(variants) < 2:
+        return []
+    batch = max(args.batches)
+    layout = f"paired batch {batch}"
+    plan = [[batch, 5 if batch >= 256 else 50, 10 if batch >= 256 else 200, args.target_seconds,
+             args.max_steps]]
+    workers: dict[str, ServedWorker] = {}
+    records: list[dict[str, Any]] = []
+    common = {"precision": precision, "repeat": repeat, "layout": layout}
+    try:
+        for variant in variants:
+            tag = f"{variant}-{precision}-r{repeat}-paired"
+            workers[variant] = ServedWorker(
+                worker_cmd(args, variant, precision, plan, cache, work / f"{tag}.json",
+                           serve=True),
+                {**base_env(args.threads), **VARIANTS[variant][1]}, work / f"{tag}.log")
+            workers[variant].answer(1800)  # prepared and warmed up (one at a time)
+        for k in range(args.paired_slices):
+            for variant in paired_order(variants, k):
+                r = workers[variant].request({"seconds": args.target_seconds}, 600)
+                records.append({**common, "backend": variant, "slice": k,
+                                "samples_per_s": r["throughput_samples_per_s"],
+                                "latency_ms": r["latency_ms"], "steps": r["steps"],
+                                "elapsed_s": r["elapsed_s"],
+                                "cpu_utilisation": r["timed_cpu_utilisation"]})
+        rates = {v: [r["samples_per_s"] for r in records if r["backend"] == v] for v in variants}
+        print(f"{precision}-r{repeat} {layout}: " + ", ".join(
+            f"{v} {statistics.median(x):,.0f}" for v, x in rates.items()) + " samples/s "
+            f"(median of {args.paired_slices} windows each)", flush=True)
+    except RuntimeError as exc:
+        print(f"{precision}-r{repeat} {layout}: FAILED {exc}", flush=True)
+        records = [{**common, "backend": v, "error": str(exc)} for v in variants]
+    finally:
+        for worker in workers.values():
+            worker.close()
     return records
 
 
@@ -261,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sharing-steps", type=int, default=0,
                         help="timed steps of each sharing launch; 0: about --target-seconds")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paired-slices", type=int, default=8,
+                        help="native/IPEX windows taking turns per repeat (0: none)")
     parser.add_argument("--target-seconds", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=20000)
     parser.add_argument("--preset", default="terabyte-small")
@@ -314,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                         steps = sharing_steps(args, runs, backend, precision)
                         runs.append(run_sharing(args, backend, precision, repeat, cache, work,
                                                 steps))
+                runs += run_paired(args, precision, repeat, cache, work)
         peaks_end = measure_peaks(args, work, "end")
     finally:
         if args.cache_dir is None:
@@ -334,11 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_backends": args.skipped,
         "parameters": {"precisions": args.precisions, "batches": args.batches,
                        "sharing_batch": args.sharing_batch, "sharing_steps": args.sharing_steps,
-                       "repeats": args.repeats, "target_seconds": args.target_seconds,
+                       "repeats": args.repeats, "paired_slices": args.paired_slices,
+                       "target_seconds": args.target_seconds,
                        "preset": args.preset, "seed": args.seed, "threads": args.threads,
                        "backends": args.backends, "peak_sizes": args.peak_sizes,
                        "order": "per repeat and precision: workers, then sharing launches, "
-                                "each in the order of backends"},
+                                "each in the order of backends, then the paired windows"},
         "flops_per_sample": spec.flops_per_sample(),
         "peaks": peaks, "peaks_start": peaks_start, "peaks_end": peaks_end,
         "summary": summarise(runs, peaks, spec.flops_per_sample()),

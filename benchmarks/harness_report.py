@@ -14,14 +14,15 @@ def _median(values: Sequence[float]) -> float | None:
 def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
               flops_per_sample: int | None) -> list[dict[str, Any]]:
     """One row per (precision, layout): medians per backend, native/IPEX ratio with its spread
-    (per-repeat ratios, min-max), batch-1 latency and the fraction of the GEMM roofline."""
+    (per-repeat ratios, min-max; for the paired layout, whose runs carry a ``slice``, the ratio
+    of each slice's two windows), batch-1 latency and the fraction of the GEMM roofline."""
     keys: list[tuple[str, str]] = []
     for r in runs:
         if (r["precision"], r["layout"]) not in keys:
             keys.append((r["precision"], r["layout"]))
     rows = []
     for precision, layout in keys:
-        per: dict[str, dict[int, dict[str, Any]]] = {}
+        per: dict[str, dict[tuple[int, int | None], dict[str, Any]]] = {}
         errors: dict[str, list[str]] = {}
         for r in runs:
             if (r["precision"], r["layout"]) != (precision, layout):
@@ -29,7 +30,7 @@ def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
             if r.get("error"):
                 errors.setdefault(r["backend"], []).append(r["error"])
             else:
-                per.setdefault(r["backend"], {})[r["repeat"]] = r
+                per.setdefault(r["backend"], {})[(r["repeat"], r.get("slice"))] = r
         row: dict[str, Any] = {"precision": precision, "layout": layout, "backends": {}}
         peak = (peaks.get(precision) or {}).get("peak_gflops")
         for backend, by_repeat in per.items():
@@ -101,6 +102,12 @@ def markdown(doc: dict[str, Any]) -> str:
                      if ratio else "—")
         cells += [_pct(row["backends"].get(b, {}).get("roofline_fraction")) for b in backends]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r["layout"].startswith("paired") for r in rows):
+        slices = doc["parameters"].get("paired_slices")
+        lines += ["", f"paired: native and IPEX at that batch in two processes kept alive, "
+                  f"their timed windows taking turns ({slices} per backend and repeat); the "
+                  "ratio's median and range are over the slices, each the ratio of two windows "
+                  "seconds apart (the rows above compare whole worker runs, minutes apart)."]
     batch1 = [r for r in rows if r["layout"] == "batch 1"]
     if batch1:
         lines += ["", "Batch-1 latency (ms, median over repeats):", "",

@@ -12,6 +12,14 @@ trace at that batch size), run once (IPEX traces there), warmed up, and timed wi
 own loop on a pool of generated test batches. The timed steps last about ``target_seconds``
 (estimated from the warmup steps' time, within ``[min_steps, max_steps]``), so a fast and a slow
 backend get windows of about the same length.
+
+``--serve`` (benchmarks/harness.py's paired slices): the first batch of the plan only, prepared
+and warmed up as above; then the worker answers requests on stdin, one JSON line each:
+``{"seconds": S}`` runs ``warmup`` untimed steps (the caches are the other worker's after a
+switch) and a timed window of about S seconds, and writes its metrics as one line starting
+with ``@@ `` on stdout; ``{"quit": true}`` or the end of stdin ends it. The harness keeps two
+such workers (native and IPEX) alive and alternates their windows, so that each pair of windows
+is seconds apart instead of the length of a worker's whole run.
 """
 
 from __future__ import annotations
@@ -28,6 +36,21 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+REPLY = "@@ "  # --serve: the prefix of the lines that answer a request
+
+
+def window(timed: Any, forward: Any, pool: Any, seconds: float, per_step: float,
+           limits: tuple[int, int]) -> dict[str, Any]:
+    """One timed window of about ``seconds`` (steps from ``per_step``, within ``limits``)."""
+    steps = int(min(limits[1], max(limits[0], math.ceil(seconds / max(per_step, 1e-6)))))
+    cpu0 = time.process_time()
+    metrics = timed(forward, pool, steps)
+    cpu_s = time.process_time() - cpu0
+    metrics.pop("latencies_ms", None)
+    return {"steps": steps, "timed_cpu_utilisation": round(cpu_s / metrics["elapsed_s"], 3),
+            **metrics}
 
 
 def run_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,7 +77,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     runs: list[dict[str, Any]] = []
-    for batch, warm, min_steps, target_s, max_steps in json.loads(args.plan):
+    plan = json.loads(args.plan)
+    for batch, warm, min_steps, target_s, max_steps in plan[:1] if args.serve else plan:
         cfg = cfg_for(batch, max(1, warm), max_steps)
         spec = runner.model_spec(cfg)
         t0 = time.perf_counter()
@@ -65,17 +89,26 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
         t2 = time.perf_counter()
         warmup(forward, pool, max(1, warm))
         per_step = (time.perf_counter() - t2) / max(1, warm)
-        steps = int(min(max_steps, max(min_steps, math.ceil(target_s / max(per_step, 1e-6)))))
-        cpu0 = time.process_time()
-        metrics = timed(forward, pool, steps)
-        cpu_s = time.process_time() - cpu0
-        metrics.pop("latencies_ms", None)
-        runs.append({"batch_size": batch, "warmup_steps": warm, "steps": steps,
-                     "prepare_s": round(t1 - t0, 3), "first_call_s": round(t2 - t1, 3),
-                     "timed_cpu_utilisation": round(cpu_s / metrics["elapsed_s"], 3),
-                     "weights": facts, **metrics})
-        print(f"{args.backend} {args.precision} batch {batch}: "
-              f"{metrics['throughput_samples_per_s']:.1f} samples/s", flush=True)
+
+        base = {"batch_size": batch, "warmup_steps": warm, "prepare_s": round(t1 - t0, 3),
+                "first_call_s": round(t2 - t1, 3), "weights": facts}
+        limits = (min_steps, max_steps)
+        if args.serve:
+            print(REPLY + json.dumps({"ready": True, "per_step_s": per_step}), flush=True)
+            for line in sys.stdin:
+                request = json.loads(line)
+                if request.get("quit"):
+                    break
+                warmup(forward, pool, int(request.get("warmup", warm)))
+                run = {**base, **window(timed, forward, pool, float(request["seconds"]),
+                                        per_step, limits)}
+                per_step = run["elapsed_s"] / run["steps"]
+                runs.append(run)
+                print(REPLY + json.dumps(run), flush=True)
+        else:
+            runs.append({**base, **window(timed, forward, pool, target_s, per_step, limits)})
+            print(f"{args.backend} {args.precision} batch {batch}: "
+                  f"{runs[-1]['throughput_samples_per_s']:.1f} samples/s", flush=True)
         del forward
         gc.collect()
     return {"backend": args.backend, "precision": args.precision, "threads": args.threads,
@@ -95,6 +128,8 @@ def main() -> int:
     parser.add_argument("--calibration-file")
     parser.add_argument("--table-memory", default="auto")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--serve", action="store_true",
+                        help="timed windows on request (stdin), the plan's first batch only")
     args = parser.parse_args()
     result = run_plan(args)
     args.out.write_text(json.dumps(result, indent=1))

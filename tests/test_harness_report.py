@@ -100,3 +100,76 @@ def test_sharing_windows_follow_the_last_rate_of_their_variant() -> None:
     assert sharing_steps(args, earlier, "native", "avx_fp32") == FIRST_SHARING_STEPS
     fixed = parse_args(["--backends", "native", "--sharing-steps", "300"])
     assert sharing_steps(fixed, earlier, "native", "avx_int8") == 300
+
+
+def test_paired_windows_give_one_ratio_per_slice() -> None:
+    runs = [{**_run("native", 0, rate, "paired batch 2048"), "slice": k}
+            for k, rate in enumerate((1300.0, 1100.0, 1250.0))]
+    runs += [{**_run("ipex", 0, rate, "paired batch 2048"), "slice": k}
+             for k, rate in enumerate((1000.0, 1000.0, 500.0))]
+    runs += [{**_run("native", 1, 1400.0, "paired batch 2048"), "slice": 0},
+             {**_run("ipex", 1, 1000.0, "paired batch 2048"), "slice": 0}]
+    row = summarise(runs, PEAKS, 1_000_000)[0]
+    ratio = row["native_over_ipex"]
+    assert ratio["per_repeat"] == pytest.approx([1.3, 1.1, 2.5, 1.4])
+    assert (ratio["min"], ratio["median"], ratio["max"]) == pytest.approx((1.1, 1.35, 2.5))
+    assert row["backends"]["native"]["repeats"] == 4
+    doc = {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": [],
+                       "logical_cpus": 2},
+           "parameters": {"preset": "tiny", "threads": 2, "repeats": 2, "paired_slices": 3,
+                          "backends": ["native", "ipex"]},
+           "venvs": {}, "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": runs,
+           "summary": summarise(runs, PEAKS, 1_000_000)}
+    text = markdown(doc)
+    assert "| amx_int8 | paired batch 2048 | 1,275 | 1,000 | 1.350 [1.100–2.500] |" in text
+    assert "taking turns (3 per backend and repeat)" in text
+
+
+def test_paired_slices_alternate_which_backend_goes_first() -> None:
+    from harness import paired_order, parse_args
+
+    assert [paired_order(["native", "ipex"], k) for k in range(3)] == [
+        ["native", "ipex"], ["ipex", "native"], ["native", "ipex"]]
+    assert parse_args(["--paired-slices", "4"]).paired_slices == 4
+
+
+def test_a_served_worker_answers_timed_windows_until_told_to_quit(tmp_path: Path) -> None:
+    import json
+
+    from harness import ServedWorker, base_env, parse_args, worker_cmd
+
+    args = parse_args(["--preset", "tiny", "--backends", "native", "--threads", "1"])
+    plan = [[64, 2, 3, 0.05, 50]]
+    out = tmp_path / "served.json"
+    worker = ServedWorker(worker_cmd(args, "native", "avx_fp32", plan, tmp_path, out,
+                                     serve=True), base_env(1), tmp_path / "served.log")
+    try:
+        assert worker.answer(300)["ready"] is True
+        windows = [worker.request({"seconds": 0.05}, 120) for _ in range(2)]
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0, (tmp_path / "served.log").read_text()[-2000:]
+    for window in windows:
+        assert window["batch_size"] == 64 and 3 <= window["steps"] <= 50
+        assert window["throughput_samples_per_s"] > 0
+    assert [r["steps"] for r in json.loads(out.read_text())["runs"]] == [
+        w["steps"] for w in windows]
+
+
+def test_a_served_worker_that_dies_or_hangs_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    from harness import ServedWorker
+
+    env = dict(os.environ)
+    dead = ServedWorker([sys.executable, "-c", "import sys; sys.exit(3)"], env,
+                        tmp_path / "dead.log")
+    with pytest.raises(RuntimeError, match="exited 3"):
+        dead.answer(60)
+    dead.close()
+    mute = ServedWorker([sys.executable, "-c", "import time; time.sleep(30)"], env,
+                        tmp_path / "mute.log")
+    with pytest.raises(RuntimeError, match="no answer in 0 s"):
+        mute.answer(0.2)
+    mute.proc.kill()
+    mute.close()
