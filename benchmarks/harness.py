@@ -306,7 +306,9 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
                                 "samples_per_s": r["throughput_samples_per_s"],
                                 "latency_ms": r["latency_ms"], "steps": r["steps"],
                                 "elapsed_s": r["elapsed_s"],
-                                "cpu_utilisation": r["timed_cpu_utilisation"]})
+                                "cpu_utilisation": r["timed_cpu_utilisation"],
+                                "kernels": (r.get("weights") or {}).get("kernels"),
+                                "tables": (r.get("weights") or {}).get("tables")})
         rates = {v: [r["samples_per_s"] for r in records if r["backend"] == v] for v in variants}
         print(f"{precision}-r{repeat} {layout}: " + ", ".join(
             f"{v} {statistics.median(x):,.0f}" for v, x in rates.items()) + " samples/s "
