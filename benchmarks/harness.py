@@ -275,12 +275,14 @@ def paired_order(variants: list[str], slice_index: int) -> list[str]:
 
 
 def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Path,
-               work: Path) -> list[dict[str, Any]]:
+               work: Path, peak: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """``--paired-slices`` timed windows per backend at the largest batch, native and IPEX
     taking turns (paired_order) in two processes kept alive: the ratio of the two windows of a
     slice compares the backends over the same half-minute of the machine, where the workers'
     windows are a worker's whole run apart (this VM's speed drifts by tens of percent over
-    minutes)."""
+    minutes). With ``peak`` (harness_peaks.py's result at the start) the native worker also
+    times that run's best GEMM for about ``--target-seconds`` / 2 after each slice (a record
+    with ``peak_gflops``): the paired roofline's peak, measured seconds from its windows."""
     variants = [v for v in ("native", "ipex") if v in args.backends]
     if args.paired_slices <= 0 or len(variants) < 2:
         return []
@@ -288,6 +290,7 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
     layout = f"paired batch {batch}"
     plan = [[batch, 5 if batch >= 256 else 50, 10 if batch >= 256 else 200, args.target_seconds,
              args.max_steps]]
+    best = (peak or {}).get("best")
     workers: dict[str, ServedWorker] = {}
     records: list[dict[str, Any]] = []
     common = {"precision": precision, "repeat": repeat, "layout": layout}
@@ -309,6 +312,12 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
                                 "cpu_utilisation": r["timed_cpu_utilisation"],
                                 "kernels": (r.get("weights") or {}).get("kernels"),
                                 "tables": (r.get("weights") or {}).get("tables")})
+            if best:
+                kernel, _, n = best.rpartition(" @")
+                p = workers["native"].request({"peak": {"kernel": kernel, "n": int(n),
+                                                        "seconds": args.target_seconds / 2}}, 600)
+                records.append({**common, "backend": "peak", "slice": k, "kernel": best,
+                                "peak_gflops": p.get("peak_gflops"), "error": p.get("error")})
         rates = {v: [r["samples_per_s"] for r in records if r["backend"] == v] for v in variants}
         print(f"{precision}-r{repeat} {layout}: " + ", ".join(
             f"{v} {statistics.median(x):,.0f}" for v, x in rates.items()) + " samples/s "
@@ -436,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                         steps = sharing_steps(args, runs, backend, precision)
                         runs.append(run_sharing(args, backend, precision, repeat, cache, work,
                                                 steps))
-                runs += run_paired(args, precision, repeat, cache, work)
+                runs += run_paired(args, precision, repeat, cache, work,
+                                   peaks_start.get(precision))
         peaks_end = measure_peaks(args, work, "end")
     finally:
         if args.cache_dir is None:

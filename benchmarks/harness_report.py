@@ -24,8 +24,15 @@ def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
     for precision, layout in keys:
         per: dict[str, dict[tuple[int, int | None], dict[str, Any]]] = {}
         errors: dict[str, list[str]] = {}
+        slice_peaks: dict[tuple[int, int | None], float] = {}  # the paired windows' GEMM peaks
         for r in runs:
             if (r["precision"], r["layout"]) != (precision, layout):
+                continue
+            if r["backend"] == "peak":
+                if r.get("peak_gflops"):
+                    slice_peaks[(r["repeat"], r.get("slice"))] = r["peak_gflops"]
+                elif r.get("error"):
+                    errors.setdefault("peak", []).append(r["error"])
                 continue
             if r.get("error"):
                 errors.setdefault(r["backend"], []).append(r["error"])
@@ -42,9 +49,18 @@ def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
                 "latency_ms_p50": _median([r["latency_ms"]["p50"] for r in by_repeat.values()]),
                 "latency_ms_p99": _median([r["latency_ms"]["p99"] for r in by_repeat.values()]),
             }
-            if med and peak and flops_per_sample:
+            paired = [r["samples_per_s"] * flops_per_sample / (slice_peaks[key] * 1e9)
+                      for key, r in by_repeat.items() if key in slice_peaks and flops_per_sample]
+            if paired:  # each window over the peak measured seconds after it
+                entry["roofline_fraction"] = statistics.median(paired)
+                entry["roofline_of"] = "paired peaks"
+            elif med and peak and flops_per_sample:
                 entry["roofline_fraction"] = med * flops_per_sample / (peak * 1e9)
             row["backends"][backend] = entry
+        if slice_peaks:
+            values = list(slice_peaks.values())
+            row["paired_peak_gflops"] = {"median": statistics.median(values),
+                                         "min": min(values), "max": max(values)}
         if "native" in per and "ipex" in per:
             common = sorted(set(per["native"]) & set(per["ipex"]))
             ratios = [per["native"][k]["samples_per_s"] / per["ipex"][k]["samples_per_s"]
@@ -102,12 +118,20 @@ def markdown(doc: dict[str, Any]) -> str:
                      if ratio else "—")
         cells += [_pct(row["backends"].get(b, {}).get("roofline_fraction")) for b in backends]
         lines.append("| " + " | ".join(cells) + " |")
-    if any(r["layout"].startswith("paired") for r in rows):
+    for row in rows:
+        if not row["layout"].startswith("paired"):
+            continue
         slices = doc["parameters"].get("paired_slices")
-        lines += ["", f"paired: native and IPEX at that batch in two processes kept alive, "
-                  f"their timed windows taking turns ({slices} per backend and repeat); the "
-                  "ratio's median and range are over the slices, each the ratio of two windows "
-                  "seconds apart (the rows above compare whole worker runs, minutes apart)."]
+        text = (f"{row['precision']} {row['layout']}: native and IPEX in two processes kept "
+                f"alive, their timed windows taking turns ({slices} per backend and repeat); the "
+                "ratio's median and range are over the slices, each the ratio of two windows "
+                "seconds apart (the other rows compare whole worker runs, minutes apart)")
+        p = row.get("paired_peak_gflops")
+        if p:
+            text += (f"; its roofline is the median over the windows of each window over the GEMM "
+                     f"peak measured right after it in the native worker (median "
+                     f"{p['median']:,.1f}, {p['min']:,.1f}-{p['max']:,.1f})")
+        lines += ["", text + "."]
     batch1 = [r for r in rows if r["layout"] == "batch 1"]
     if batch1:
         lines += ["", "Batch-1 latency (ms, median over repeats):", "",

@@ -17,7 +17,9 @@ backend get windows of about the same length.
 and warmed up as above; then the worker answers requests on stdin, one JSON line each:
 ``{"seconds": S}`` runs ``warmup`` untimed steps (the caches are the other worker's after a
 switch) and a timed window of about S seconds, and writes its metrics as one line starting
-with ``@@ `` on stdout; ``{"quit": true}`` or the end of stdin ends it. The harness keeps two
+with ``@@ `` on stdout; ``{"peak": {"kernel": K, "n": N, "seconds": S}}`` times one of
+benchmarks/harness_peaks.py's GEMMs instead (``peak_window``); ``{"quit": true}`` or the end of
+stdin ends it. The harness keeps two
 such workers (native and IPEX) alive and alternates their windows, so that each pair of windows
 is seconds apart instead of the length of a worker's whole run.
 """
@@ -51,6 +53,29 @@ def window(timed: Any, forward: Any, pool: Any, seconds: float, per_step: float,
     metrics.pop("latencies_ms", None)
     return {"steps": steps, "timed_cpu_utilisation": round(cpu_s / metrics["elapsed_s"], 3),
             **metrics}
+
+
+_PEAK_KERNELS: dict[tuple[str, int], Any] = {}
+
+
+def peak_window(precision: str, kernel: str, n: int, seconds: float) -> dict[str, Any]:
+    """--serve's ``{"peak": {"kernel", "n", "seconds"}}``: one of benchmarks/harness_peaks.py's
+    GEMMs (``kernel`` as named there, n x n x n) timed for about ``seconds`` in this process,
+    so that the roofline of a window can use a peak measured seconds from it."""
+    import torch
+    from harness_peaks import _rate, kernels
+
+    from dlrm_bench.backends.compat import fp32_matmul_precision
+
+    if (kernel, n) not in _PEAK_KERNELS:
+        made = kernels(precision, n)
+        if kernel not in made:
+            return {"kernel": kernel, "n": n, "error": f"no kernel {kernel!r} here"}
+        _PEAK_KERNELS[(kernel, n)] = made[kernel]
+    mode = "bf16" if precision == "amx_bfloat32" else "ieee"  # as harness_peaks.measure
+    with torch.inference_mode(), fp32_matmul_precision(mode):
+        rate = _rate(_PEAK_KERNELS[(kernel, n)], 2.0 * n ** 3, rounds=2, min_s=seconds / 2)
+    return {"kernel": kernel, "n": n, "peak_gflops": round(rate, 1)}
 
 
 def run_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,6 +124,10 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
                 request = json.loads(line)
                 if request.get("quit"):
                     break
+                if "peak" in request:
+                    print(REPLY + json.dumps(peak_window(args.precision, **request["peak"])),
+                          flush=True)
+                    continue
                 warmup(forward, pool, int(request.get("warmup", warm)))
                 run = {**base, **window(timed, forward, pool, float(request["seconds"]),
                                         per_step, limits)}

@@ -123,6 +123,30 @@ def test_paired_windows_give_one_ratio_per_slice() -> None:
     text = markdown(doc)
     assert "| amx_int8 | paired batch 2048 | 1,275 | 1,000 | 1.350 [1.100–2.500] |" in text
     assert "taking turns (3 per backend and repeat)" in text
+    assert "over the GEMM peak" not in text
+
+
+def test_paired_roofline_divides_each_window_by_the_peak_measured_after_it() -> None:
+    runs = [{**_run("native", 0, rate, "paired batch 2048"), "slice": k}
+            for k, rate in enumerate((1000.0, 1200.0, 900.0))]
+    runs += [{**_run("ipex", 0, 500.0, "paired batch 2048"), "slice": k} for k in range(3)]
+    runs += [{"backend": "peak", "precision": "amx_int8", "layout": "paired batch 2048",
+              "repeat": 0, "slice": k, "kernel": "tiles @1024", "peak_gflops": peak,
+              "error": None} for k, peak in enumerate((1000.0, 2000.0, 500.0))]
+    row = summarise(runs, PEAKS, 1_000_000)[0]
+    # windows over their peaks: 1000/1000, 1200/2000, 900/500 GFLOP/s x 1e-3
+    assert row["backends"]["native"]["roofline_fraction"] == pytest.approx(1e-3)
+    assert row["backends"]["ipex"]["roofline_fraction"] == pytest.approx(0.5e-3)
+    assert row["paired_peak_gflops"] == {"median": 1000.0, "min": 500.0, "max": 2000.0}
+    assert set(row["backends"]) == {"native", "ipex"} and "errors" not in row
+    doc = {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": [],
+                       "logical_cpus": 2},
+           "parameters": {"preset": "tiny", "threads": 2, "repeats": 1, "paired_slices": 3,
+                          "backends": ["native", "ipex"]},
+           "venvs": {}, "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": runs,
+           "summary": summarise(runs, PEAKS, 1_000_000)}
+    assert "peak measured right after it in the native worker (median 1,000.0, 500.0-2,000.0)" in (
+        markdown(doc))
 
 
 def test_paired_slices_alternate_which_backend_goes_first() -> None:
@@ -146,9 +170,14 @@ def test_a_served_worker_answers_timed_windows_until_told_to_quit(tmp_path: Path
     try:
         assert worker.answer(300)["ready"] is True
         windows = [worker.request({"seconds": 0.05}, 120) for _ in range(2)]
+        peak = worker.request({"peak": {"kernel": "torch.mm fp32", "n": 256,
+                                        "seconds": 0.05}}, 120)
+        missing = worker.request({"peak": {"kernel": "no such", "n": 256, "seconds": 0.05}}, 120)
     finally:
         worker.close()
     assert worker.proc.returncode == 0, (tmp_path / "served.log").read_text()[-2000:]
+    assert peak["peak_gflops"] > 0 and peak["kernel"] == "torch.mm fp32"
+    assert "no kernel 'no such'" in missing["error"]
     for window in windows:
         assert window["batch_size"] == 64 and 3 <= window["steps"] <= 50
         assert window["throughput_samples_per_s"] > 0
