@@ -40,12 +40,15 @@ of the precision's datatype on n x n x n products (n = 1024, 2048, 4096; see its
 ``torch.mm`` / oneDNN prepacked linear in bf16; int8 ``torch._int_mm`` or oneDNN ``qlinear``
 (u8 x s8). It runs at the start and at the end; the peak is the larger. Fraction of the roofline
 = samples/s x ``ModelSpec.flops_per_sample()`` (2 per MAC: both MLPs and the interaction's dot
-products; embedding gathers count nothing) / peak.
+products; embedding gathers count nothing) / peak. The paired rows divide each window by the
+same best kernel timed in the native worker right after that slice (``run_paired``): on this
+VM the peak at the start and end can be a third off the runs' phase (a run with amx_bfloat16 at
+115% of it), the paired peak is seconds from its window.
 
 Output: ``--out`` (default benchmarks/results/harness-<host>.json) with the machine (CPU model,
 flags, cores, torch / IPEX versions of both venvs), parameters, peaks, every run and the
 summary; the markdown table beside it (.md) and on stdout. Default: 3 precisions x 3 repeats,
-about 15 minutes on 2 cores (``--precisions all`` for the five).
+about 18 minutes on 2 cores with the paired windows (``--precisions all`` for the five).
 """
 
 from __future__ import annotations
