@@ -102,6 +102,16 @@ def test_sharing_windows_follow_the_last_rate_of_their_variant() -> None:
     assert sharing_steps(fixed, earlier, "native", "avx_int8") == 300
 
 
+def _paired_doc(runs: list[dict], repeats: int) -> dict:
+    """A harness document around paired runs: 3 slices per repeat, native and IPEX."""
+    return {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": [],
+                        "logical_cpus": 2},
+            "parameters": {"preset": "tiny", "threads": 2, "repeats": repeats,
+                           "paired_slices": 3, "backends": ["native", "ipex"]},
+            "venvs": {}, "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": runs,
+            "summary": summarise(runs, PEAKS, 1_000_000)}
+
+
 def test_paired_windows_give_one_ratio_per_slice() -> None:
     runs = [{**_run("native", 0, rate, "paired batch 2048"), "slice": k}
             for k, rate in enumerate((1300.0, 1100.0, 1250.0))]
@@ -114,13 +124,7 @@ def test_paired_windows_give_one_ratio_per_slice() -> None:
     assert ratio["per_repeat"] == pytest.approx([1.3, 1.1, 2.5, 1.4])
     assert (ratio["min"], ratio["median"], ratio["max"]) == pytest.approx((1.1, 1.35, 2.5))
     assert row["backends"]["native"]["repeats"] == 4
-    doc = {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": [],
-                       "logical_cpus": 2},
-           "parameters": {"preset": "tiny", "threads": 2, "repeats": 2, "paired_slices": 3,
-                          "backends": ["native", "ipex"]},
-           "venvs": {}, "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": runs,
-           "summary": summarise(runs, PEAKS, 1_000_000)}
-    text = markdown(doc)
+    text = markdown(_paired_doc(runs, repeats=2))
     assert "| amx_int8 | paired batch 2048 | 1,275 | 1,000 | 1.350 [1.100–2.500] |" in text
     assert "taking turns (3 per backend and repeat)" in text
     assert "over the GEMM peak" not in text
@@ -139,14 +143,8 @@ def test_paired_roofline_divides_each_window_by_the_peak_measured_after_it() -> 
     assert row["backends"]["ipex"]["roofline_fraction"] == pytest.approx(0.5e-3)
     assert row["paired_peak_gflops"] == {"median": 1000.0, "min": 500.0, "max": 2000.0}
     assert set(row["backends"]) == {"native", "ipex"} and "errors" not in row
-    doc = {"machine": {"cpu_model": "Xeon", "physical_cores": 2, "isa_flags": [],
-                       "logical_cpus": 2},
-           "parameters": {"preset": "tiny", "threads": 2, "repeats": 1, "paired_slices": 3,
-                          "backends": ["native", "ipex"]},
-           "venvs": {}, "when": "now", "total_s": 60.0, "peaks": PEAKS, "runs": runs,
-           "summary": summarise(runs, PEAKS, 1_000_000)}
     assert "peak measured right after it in the native worker (median 1,000.0, 500.0-2,000.0)" in (
-        markdown(doc))
+        markdown(_paired_doc(runs, repeats=1)))
 
 
 def test_paired_slices_alternate_which_backend_goes_first() -> None:
