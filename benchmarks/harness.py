@@ -249,13 +249,15 @@ class ServedWorker:
         except queue.Empty:
             raise RuntimeError(f"no answer in {timeout:.0f} s (log {self._log.name})") from None
         if line is None:
+            self._answers.put(None)  # for the next caller too
             raise RuntimeError(f"exited {self.proc.wait()} (log {self._log.name})")
         return json.loads(line)
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
+        with contextlib.suppress(OSError):  # a worker that is gone: answer() says how
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
         return self.answer(timeout)
 
     def close(self) -> None:

@@ -193,6 +193,8 @@ def test_a_served_worker_that_dies_or_hangs_is_an_error_not_a_hang(tmp_path: Pat
                         tmp_path / "dead.log")
     with pytest.raises(RuntimeError, match="exited 3"):
         dead.answer(60)
+    with pytest.raises(RuntimeError, match="exited 3"):  # writing to it does not raise OSError
+        dead.request({"seconds": 1.0}, 60)
     dead.close()
     mute = ServedWorker([sys.executable, "-c", "import time; time.sleep(30)"], env,
                         tmp_path / "mute.log")
