@@ -1,7 +1,7 @@
 """Native vs IPEX on this machine: one invocation, alternating backends (not a test).
 
     .venv/bin/python benchmarks/harness.py [--precisions avx_fp32,amx_bfloat16,amx_int8 | all]
-        [--batches 2048,1] [--sharing-batch 16] [--repeats 3] [--paired-slices 8]
+        [--batches 2048,1] [--sharing-batch 16] [--repeats 3] [--paired-slices 8] [--paired-only]
         [--target-seconds 2] [--preset terabyte-small] [--seed 0] [--threads N]
         [--cache-dir DIR] [--out F.json]
 
@@ -21,7 +21,9 @@ as the workers' (``sharing_steps``). Then the paired windows
 ``--target-seconds`` taking turns (native first in even slices, IPEX in odd ones); the ratio of
 each slice's two windows compares the backends over the same few seconds of the machine, where
 the workers' runs above are a whole worker apart (on a VM whose speed drifts by tens of percent
-over minutes, those ratios spread 1.18-1.49 over five repeats). Prepared weights and int8
+over minutes, those ratios spread 1.18-1.49 over five repeats). ``--paired-only``: those
+windows alone (no worker runs or sharing launches; amx_int8, 3 repeats: 3.5 minutes).
+Prepared weights and int8
 calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
 installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
@@ -397,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paired-slices", type=int, default=8,
                         help="native/IPEX windows taking turns per repeat (0: none)")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="only the paired windows: no worker runs, no sharing launches")
     parser.add_argument("--target-seconds", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=20000)
     parser.add_argument("--preset", default="terabyte-small")
@@ -419,6 +423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [b for b in wanted if b not in VARIANTS]
     if unknown:
         parser.error(f"unknown backends: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if args.paired_only and not ({"native", "ipex"} <= set(wanted) and args.paired_slices > 0):
+        parser.error("--paired-only needs --backends with native and ipex and --paired-slices > 0")
     args.backends = [b for b in wanted if python_of(b).exists()]
     args.skipped = {b: f"{python_of(b)} does not exist"
                     + (" (make ipex-venv)" if VARIANTS[b][0] == "ipex" else "")
@@ -432,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping {backend}: {why}", flush=True)
     if not args.backends:
         raise SystemExit("no backend to run")
+    if args.paired_only and "ipex" not in args.backends:
+        raise SystemExit(f"--paired-only: {args.skipped['ipex']}")
     started, t0 = now_iso(), time.monotonic()
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="dlrm-harness-cache-"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -442,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks_start = measure_peaks(args, work, "start")
         for repeat in range(args.repeats):
             for precision in args.precisions:
-                order = backend_order(args.backends, repeat)
+                order = [] if args.paired_only else backend_order(args.backends, repeat)
                 for backend in order:
                     runs += run_worker(args, backend, precision, repeat, cache, work)
                 if args.sharing_batch > 0:
@@ -473,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"precisions": args.precisions, "batches": args.batches,
                        "sharing_batch": args.sharing_batch, "sharing_steps": args.sharing_steps,
                        "repeats": args.repeats, "paired_slices": args.paired_slices,
+                       "paired_only": args.paired_only,
                        "target_seconds": args.target_seconds,
                        "preset": args.preset, "seed": args.seed, "threads": args.threads,
                        "backends": args.backends, "peak_sizes": args.peak_sizes,

@@ -153,6 +153,11 @@ def test_paired_slices_alternate_which_backend_goes_first() -> None:
     assert [paired_order(["native", "ipex"], k) for k in range(3)] == [
         ["native", "ipex"], ["ipex", "native"], ["native", "ipex"]]
     assert parse_args(["--paired-slices", "4"]).paired_slices == 4
+    assert parse_args(["--paired-only"]).paired_only
+    for bad in (["--paired-only", "--backends", "native"],
+                ["--paired-only", "--paired-slices", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_a_served_worker_answers_timed_windows_until_told_to_quit(tmp_path: Path) -> None:
