@@ -195,10 +195,24 @@ def worker_cmd(args: argparse.Namespace, variant: str, precision: str, plan: lis
             *(["--serve"] if serve else []), *run_flags(variant)]
 
 
+def worker_plan(args: argparse.Namespace, batches: list[int]) -> list[list[Any]]:
+    """harness_worker.py's ``--plan``: [batch, warmup steps, min steps, seconds, max steps]."""
+    return [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
+             args.max_steps] for b in batches]
+
+
+def window_record(r: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a harness record taken from one of harness_worker.py's timed windows."""
+    weights = r.get("weights") or {}
+    return {"samples_per_s": r["throughput_samples_per_s"], "latency_ms": r["latency_ms"],
+            "steps": r["steps"], "elapsed_s": r["elapsed_s"],
+            "cpu_utilisation": r["timed_cpu_utilisation"], "kernels": weights.get("kernels"),
+            "tables": weights.get("tables")}
+
+
 def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: int,
                cache: Path, work: Path) -> list[dict[str, Any]]:
-    plan = [[b, 5 if b >= 256 else 50, 10 if b >= 256 else 200, args.target_seconds,
-             args.max_steps] for b in args.batches]
+    plan = worker_plan(args, args.batches)
     extra_env = VARIANTS[variant][1]
     tag = f"{variant}-{precision}-r{repeat}"
     out, load = work / f"{tag}.json", loadavg()
@@ -212,14 +226,8 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
     result = json.loads(out.read_text())
     records = []
     for r in result["runs"]:
-        records.append({**common, "layout": f"batch {r['batch_size']}",
-                        "samples_per_s": r["throughput_samples_per_s"],
-                        "latency_ms": r["latency_ms"], "steps": r["steps"],
-                        "elapsed_s": r["elapsed_s"], "prepare_s": r["prepare_s"],
-                        "first_call_s": r["first_call_s"],
-                        "cpu_utilisation": r["timed_cpu_utilisation"],
-                        "kernels": (r.get("weights") or {}).get("kernels"),
-                        "tables": (r.get("weights") or {}).get("tables"),
+        records.append({**common, "layout": f"batch {r['batch_size']}", **window_record(r),
+                        "prepare_s": r["prepare_s"], "first_call_s": r["first_call_s"],
                         "versions": result["versions"]})
         print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
               f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)
@@ -285,7 +293,7 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
                work: Path, peak: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """``--paired-slices`` timed windows per backend at the largest batch, native and IPEX
     taking turns (paired_order) in two processes kept alive: the ratio of the two windows of a
-    slice compares the backends over the same half-minute of the machine, where the workers'
+    slice compares the backends over the same few seconds of the machine, where the workers'
     windows are a worker's whole run apart (this VM's speed drifts by tens of percent over
     minutes). With ``peak`` (harness_peaks.py's result at the start) the native worker also
     times that run's best GEMM for about ``--target-seconds`` / 2 after each slice (a record
@@ -295,9 +303,13 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
         return []
     batch = max(args.batches)
     layout = f"paired batch {batch}"
-    plan = [[batch, 5 if batch >= 256 else 50, 10 if batch >= 256 else 200, args.target_seconds,
-             args.max_steps]]
-    best = (peak or {}).get("best")
+    plan = worker_plan(args, [batch])
+    best = (peak or {}).get("best")  # "kernel @n"
+    peak_request = None
+    if best:
+        kernel, _, n = best.rpartition(" @")
+        peak_request = {"peak": {"kernel": kernel, "n": int(n),
+                                 "seconds": args.target_seconds / 2}}
     workers: dict[str, ServedWorker] = {}
     records: list[dict[str, Any]] = []
     common = {"precision": precision, "repeat": repeat, "layout": layout}
@@ -313,16 +325,9 @@ def run_paired(args: argparse.Namespace, precision: str, repeat: int, cache: Pat
             for variant in paired_order(variants, k):
                 r = workers[variant].request({"seconds": args.target_seconds}, 600)
                 records.append({**common, "backend": variant, "slice": k,
-                                "samples_per_s": r["throughput_samples_per_s"],
-                                "latency_ms": r["latency_ms"], "steps": r["steps"],
-                                "elapsed_s": r["elapsed_s"],
-                                "cpu_utilisation": r["timed_cpu_utilisation"],
-                                "kernels": (r.get("weights") or {}).get("kernels"),
-                                "tables": (r.get("weights") or {}).get("tables")})
-            if best:
-                kernel, _, n = best.rpartition(" @")
-                p = workers["native"].request({"peak": {"kernel": kernel, "n": int(n),
-                                                        "seconds": args.target_seconds / 2}}, 600)
+                                **window_record(r)})
+            if peak_request:
+                p = workers["native"].request(peak_request, 600)
                 records.append({**common, "backend": "peak", "slice": k, "kernel": best,
                                 "peak_gflops": p.get("peak_gflops"), "error": p.get("error")})
         rates = {v: [r["samples_per_s"] for r in records if r["backend"] == v] for v in variants}

@@ -118,6 +118,11 @@ def _own_tiles(precision: str, x: object, weight: object) -> dict[str, Callable[
     return {name: lambda: fused.layer_on_tiles(chain, rows)}
 
 
+def matmul_mode(precision: str) -> str:
+    """The fp32 matmul mode a precision's kernels are timed in: bf16 (bf32) for amx_bfloat32."""
+    return "bf16" if precision == "amx_bfloat32" else "ieee"
+
+
 def measure(precision: str, threads: int, sizes: list[int]) -> dict[str, object]:
     from dlrm_bench.cpu import apply_isa_environment
 
@@ -127,7 +132,7 @@ def measure(precision: str, threads: int, sizes: list[int]) -> dict[str, object]
     from dlrm_bench.backends.compat import set_fp32_matmul_precision
 
     torch.set_num_threads(threads)
-    set_fp32_matmul_precision("bf16" if precision == "amx_bfloat32" else "ieee")
+    set_fp32_matmul_precision(matmul_mode(precision))
     rates: dict[str, float] = {}
     errors: dict[str, str] = {}
     with torch.inference_mode():

@@ -63,7 +63,7 @@ def peak_window(precision: str, kernel: str, n: int, seconds: float) -> dict[str
     GEMMs (``kernel`` as named there, n x n x n) timed for about ``seconds`` in this process,
     so that the roofline of a window can use a peak measured seconds from it."""
     import torch
-    from harness_peaks import _rate, kernels
+    from harness_peaks import _rate, kernels, matmul_mode
 
     from dlrm_bench.backends.compat import fp32_matmul_precision
 
@@ -72,8 +72,7 @@ def peak_window(precision: str, kernel: str, n: int, seconds: float) -> dict[str
         if kernel not in made:
             return {"kernel": kernel, "n": n, "error": f"no kernel {kernel!r} here"}
         _PEAK_KERNELS[(kernel, n)] = made[kernel]
-    mode = "bf16" if precision == "amx_bfloat32" else "ieee"  # as harness_peaks.measure
-    with torch.inference_mode(), fp32_matmul_precision(mode):
+    with torch.inference_mode(), fp32_matmul_precision(matmul_mode(precision)):
         rate = _rate(_PEAK_KERNELS[(kernel, n)], 2.0 * n ** 3, rounds=2, min_s=seconds / 2)
     return {"kernel": kernel, "n": n, "peak_gflops": round(rate, 1)}
 
