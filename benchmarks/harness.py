@@ -48,9 +48,12 @@ VM the peak at the start and end can be a third off the runs' phase (a run with 
 115% of it), the paired peak is seconds from its window.
 
 Output: ``--out`` (default benchmarks/results/harness-<host>.json) with the machine (CPU model,
-flags, cores, torch / IPEX versions of both venvs), parameters, peaks, every run and the
-summary; the markdown table beside it (.md) and on stdout. Default: 3 precisions x 3 repeats,
-about 18 minutes on 2 cores with the paired windows (``--precisions all`` for the five).
+flags, cores, torch / IPEX versions of both venvs), parameters, peaks, every run, the summary
+and #7's targets judged on it (``harness_report.targets``: batch 2048 on the paired rows where the
+run has them, met or missed and by how much); the markdown tables beside it (.md) and on stdout.
+``benchmarks/harness_report.py F.json`` renders a saved result's markdown again. Default: 3
+precisions x 3 repeats, about 18 minutes on 2 cores with the paired windows (``--precisions all``
+for the five).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness_report import markdown, summarise  # noqa: E402  (benchmarks/ is on sys.path)
+from harness_report import markdown, summarise, targets  # noqa: E402  (benchmarks/ is on sys.path)
 from harness_worker import REPLY  # noqa: E402
 
 from dlrm_bench import launcher, topology  # noqa: E402
@@ -497,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarise(runs, peaks, spec.flops_per_sample()),
         "runs": runs, "logs": str(work),
     }
+    doc["targets"] = targets(doc["summary"])
     out = args.out or REPO / "benchmarks" / "results" / f"harness-{platform.node()}.json"
     atomic_write_json(out, doc)
     table = markdown(doc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +76,76 @@ def summarise(runs: list[dict[str, Any]], peaks: dict[str, dict[str, Any]],
     return rows
 
 
+# Issue #7's targets (same machine, same run, terabyte-small): native / IPEX at batch 2048, the
+# batch-1 p50 latency as a fraction of IPEX's, the weight-sharing layout's ratio, and the
+# fraction of the same-run GEMM roofline.
+TARGETS_PRESET = "terabyte-small"
+THROUGHPUT_TARGETS = {"amx_int8": 1.3, "amx_bfloat16": 1.3, "avx_fp32": 2.0, "amx_bfloat32": 5.0}
+LATENCY_TARGETS = {"amx_int8": 0.6, "amx_bfloat16": 0.6}
+SHARING_TARGET = 1.3
+ROOFLINE_TARGETS = {"amx_int8": 0.7, "amx_bfloat16": 0.7}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of #7's targets that ``summarise``'s rows can judge: ``target``, ``precision``,
+    ``measured``, ``required``, ``met`` and ``source`` (the row's layout). Batch 2048 is judged
+    on the paired windows where the run has them (two windows seconds apart, roofline over the
+    peak timed after each), else on the worker runs; a bound is met when the median is."""
+    by_key = {(r["precision"], r["layout"]): r for r in rows}
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, precision: str, measured: float | None, required: float,
+            at_most: bool, source: str) -> None:
+        if measured is None:
+            return
+        met = measured <= required if at_most else measured >= required
+        out.append({"target": target, "precision": precision, "measured": measured,
+                    "required": required, "at_most": at_most, "met": met, "source": source})
+
+    def big_batch(precision: str) -> dict[str, Any] | None:
+        return by_key.get((precision, "paired batch 2048")) or by_key.get((precision,
+                                                                            "batch 2048"))
+
+    for precision, required in THROUGHPUT_TARGETS.items():
+        row = big_batch(precision)
+        if row and row.get("native_over_ipex"):
+            add("batch 2048 native / IPEX", precision, row["native_over_ipex"]["median"],
+                required, False, row["layout"])
+    for precision, required in LATENCY_TARGETS.items():
+        row = by_key.get((precision, "batch 1"))
+        if row:
+            native = row["backends"].get("native", {}).get("latency_ms_p50")
+            ipex = row["backends"].get("ipex", {}).get("latency_ms_p50")
+            if native is not None and ipex:
+                add("batch-1 p50, native / IPEX", precision, native / ipex, required, True,
+                    row["layout"])
+    for row in rows:
+        if row["layout"].startswith("sharing") and row.get("native_over_ipex"):
+            add("weight sharing native / IPEX", row["precision"],
+                row["native_over_ipex"]["median"], SHARING_TARGET, False, row["layout"])
+    for precision, required in ROOFLINE_TARGETS.items():
+        row = big_batch(precision)
+        if row:
+            native = row["backends"].get("native", {})
+            paired_peak = native.get("roofline_of") == "paired peaks"
+            add("batch 2048 roofline (native)", precision, native.get("roofline_fraction"),
+                required, False, row["layout"] + ("" if paired_peak or not row["layout"]
+                                                  .startswith("paired") else
+                                                  " (over the run's start / end peak)"))
+    return out
+
+
+def _target_value(target: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if "roofline" in target else f"{value:.3f}"
+
+
+def _shortfall(t: dict[str, Any]) -> str:
+    """How far a missed target is from its bound: points of the roofline, else percent."""
+    if "roofline" in t["target"]:
+        return f"missed by {100 * abs(t['required'] - t['measured']):.2f} points"
+    return f"missed by {abs(t['measured'] / t['required'] - 1) * 100:.1f}%"
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "—"
@@ -118,20 +189,39 @@ def markdown(doc: dict[str, Any]) -> str:
                      if ratio else "—")
         cells += [_pct(row["backends"].get(b, {}).get("roofline_fraction")) for b in backends]
         lines.append("| " + " | ".join(cells) + " |")
-    for row in rows:
-        if not row["layout"].startswith("paired"):
-            continue
+    paired = [row for row in rows if row["layout"].startswith("paired")]
+    if paired:
         slices = doc["parameters"].get("paired_slices")
-        text = (f"{row['precision']} {row['layout']}: native and IPEX in two processes kept "
-                f"alive, their timed windows taking turns ({slices} per backend and repeat); the "
-                "ratio's median and range are over the slices, each the ratio of two windows "
-                "seconds apart (the other rows compare whole worker runs, minutes apart)")
-        p = row.get("paired_peak_gflops")
-        if p:
-            text += (f"; its roofline is the median over the windows of each window over the GEMM "
-                     f"peak measured right after it in the native worker (median "
-                     f"{p['median']:,.1f}, {p['min']:,.1f}-{p['max']:,.1f})")
-        lines += ["", text + "."]
+        text = (f"Paired rows: native and IPEX in two processes kept alive, their timed windows "
+                f"taking turns ({slices} per backend and repeat); the ratio's median and range "
+                "are over the slices, each the ratio of two windows seconds apart (the other "
+                "rows compare whole worker runs, minutes apart).")
+        with_peaks = [row for row in paired if row.get("paired_peak_gflops")]
+        if with_peaks:
+            text += (" Their roofline is the median over the windows of each window over the GEMM "
+                     "peak measured right after it in the native worker: " + ", ".join(
+                         f"{row['precision']} (median {p['median']:,.1f}, {p['min']:,.1f}-"
+                         f"{p['max']:,.1f})"
+                         for row in with_peaks for p in [row["paired_peak_gflops"]]) + ".")
+        if len(with_peaks) < len(paired):
+            text += (" " + ("The others'" if with_peaks else "Their") + " roofline is over the "
+                     "run's start / end peak below.")
+        lines += ["", text]
+    judged = targets(rows)
+    if judged:
+        preset = doc["parameters"].get("preset")
+        caveat = ("" if preset == TARGETS_PRESET else
+                  f"; they are set for {TARGETS_PRESET}, this run is {preset}: indicative only")
+        lines += ["", "Against #7's targets (batch 2048 from the paired windows where the run has "
+                  f"them; medians{caveat}):", "",
+                  "| target | precision | measured | required | met | from |",
+                  "|---|---|---:|---:|---|---|"]
+        for t in judged:
+            bound = ("<= " if t["at_most"] else ">= ") + _target_value(t["target"], t["required"])
+            verdict = "met" if t["met"] else _shortfall(t)
+            lines.append(f"| {t['target']} | {t['precision']} | "
+                         f"{_target_value(t['target'], t['measured'])} | {bound} | {verdict} | "
+                         f"{t['source']} |")
     batch1 = [r for r in rows if r["layout"] == "batch 1"]
     if batch1:
         lines += ["", "Batch-1 latency (ms, median over repeats):", "",
@@ -183,3 +273,26 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{doc['parameters']['threads']} threads; well below it means the benchmark "
                   "did not have the cores to itself)."]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``harness_report.py RESULT.json``: the markdown of a harness result, rendered again from
+    its JSON (for results written before a section of the markdown existed)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("result", type=Path, help="a benchmarks/harness.py JSON result")
+    args = parser.parse_args(argv)
+    try:
+        doc = json.loads(args.result.read_text())
+        print(markdown(doc), end="")
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"harness_report: cannot render {args.result}: {exc!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from harness_report import markdown, summarise
+from harness_report import main as render_main
+from harness_report import markdown, summarise, targets
 
 
 def _run(backend: str, repeat: int, rate: float, layout: str = "batch 2048") -> dict:
@@ -128,6 +129,7 @@ def test_paired_windows_give_one_ratio_per_slice() -> None:
     assert "| amx_int8 | paired batch 2048 | 1,275 | 1,000 | 1.350 [1.100–2.500] |" in text
     assert "taking turns (3 per backend and repeat)" in text
     assert "over the GEMM peak" not in text
+    assert "Their roofline is over the run's start / end peak below." in text
 
 
 def test_paired_roofline_divides_each_window_by_the_peak_measured_after_it() -> None:
@@ -143,8 +145,8 @@ def test_paired_roofline_divides_each_window_by_the_peak_measured_after_it() -> 
     assert row["backends"]["ipex"]["roofline_fraction"] == pytest.approx(0.5e-3)
     assert row["paired_peak_gflops"] == {"median": 1000.0, "min": 500.0, "max": 2000.0}
     assert set(row["backends"]) == {"native", "ipex"} and "errors" not in row
-    assert "peak measured right after it in the native worker (median 1,000.0, 500.0-2,000.0)" in (
-        markdown(_paired_doc(runs, repeats=1)))
+    assert ("peak measured right after it in the native worker: amx_int8 (median 1,000.0, "
+            "500.0-2,000.0).") in markdown(_paired_doc(runs, repeats=1))
 
 
 def test_paired_slices_alternate_which_backend_goes_first() -> None:
@@ -207,3 +209,70 @@ def test_a_served_worker_that_dies_or_hangs_is_an_error_not_a_hang(tmp_path: Pat
         mute.answer(0.2)
     mute.proc.kill()
     mute.close()
+
+
+def _precision_runs(precision: str, layout: str, native: float, ipex: float,
+                    repeat: int = 0, **extra: object) -> list[dict]:
+    return [{**_run(backend, repeat, rate, layout), "precision": precision, **extra}
+            for backend, rate in (("native", native), ("ipex", ipex))]
+
+
+def test_targets_judge_the_paired_rows_first_and_say_by_how_much() -> None:
+    runs = (_precision_runs("amx_int8", "batch 2048", 2000.0, 1000.0)           # worker: 2.0
+            + _precision_runs("amx_int8", "paired batch 2048", 1200.0, 1000.0, slice=0)  # 1.2
+            + _precision_runs("amx_bfloat32", "batch 2048", 5500.0, 1000.0)      # no paired row
+            + _precision_runs("amx_int8", "batch 1", 30.0, 100.0)  # p50 = rate / 1000
+            + _precision_runs("avx_fp32", "sharing 2x1 core, batch 16", 1000.0, 800.0)
+            + [{"backend": "peak", "precision": "amx_int8", "layout": "paired batch 2048",
+                "repeat": 0, "slice": 0, "peak_gflops": 2.0, "error": None}])
+    judged = {(t["target"], t["precision"]): t for t in targets(summarise(runs, {}, 1_000_000))}
+    int8 = judged[("batch 2048 native / IPEX", "amx_int8")]
+    assert (int8["measured"], int8["met"], int8["source"]) == (
+        pytest.approx(1.2), False, "paired batch 2048")
+    bf32 = judged[("batch 2048 native / IPEX", "amx_bfloat32")]
+    assert bf32["met"] and bf32["source"] == "batch 2048"
+    latency = judged[("batch-1 p50, native / IPEX", "amx_int8")]
+    assert latency["measured"] == pytest.approx(0.3) and latency["met"] and latency["at_most"]
+    assert judged[("weight sharing native / IPEX", "avx_fp32")]["measured"] == pytest.approx(1.25)
+    # 1200 samples/s x 1 MFLOP over the 2 GFLOP/s peak timed after that window: 60%
+    roofline = judged[("batch 2048 roofline (native)", "amx_int8")]
+    assert roofline["measured"] == pytest.approx(0.6) and not roofline["met"]
+    assert ("batch 2048 native / IPEX", "amx_bfloat16") not in judged  # not in this run
+    doc = {**_paired_doc(runs, repeats=1), "summary": summarise(runs, {}, 1_000_000)}
+    text = markdown(doc)
+    assert "| batch 2048 native / IPEX | amx_int8 | 1.200 | >= 1.300 | missed by 7.7% | " \
+           "paired batch 2048 |" in text
+    assert "| batch 2048 roofline (native) | amx_int8 | 60.00% | >= 70.00% | " \
+           "missed by 10.00 points | paired batch 2048 |" in text
+    assert "| weight sharing native / IPEX | avx_fp32 | 1.250 | >= 1.300 | missed by 3.8% |" in text
+    assert "| batch-1 p50, native / IPEX | amx_int8 | 0.300 | <= 0.600 | met | batch 1 |" in text
+    assert "they are set for terabyte-small, this run is tiny: indicative only" in text
+    doc["parameters"]["preset"] = "terabyte-small"
+    assert "Against #7's targets (batch 2048 from the paired windows where the run has them; " \
+           "medians):" in markdown(doc)
+
+
+def test_a_paired_roofline_without_paired_peaks_says_so_and_no_ipex_judges_nothing() -> None:
+    runs = _precision_runs("amx_int8", "paired batch 2048", 800.0, 500.0, slice=0)
+    roofline = next(t for t in targets(summarise(runs, PEAKS, 1_000_000))
+                    if t["target"].endswith("roofline (native)"))
+    assert roofline["source"] == "paired batch 2048 (over the run's start / end peak)"
+    native_only = [r for r in runs if r["backend"] == "native"]
+    assert [t["target"] for t in targets(summarise(native_only, PEAKS, 1_000_000))] == [
+        "batch 2048 roofline (native)"]
+
+
+def test_report_renders_a_saved_result_again(tmp_path: Path, capsys) -> None:
+    import json
+
+    runs = _precision_runs("amx_int8", "paired batch 2048", 1400.0, 1000.0, slice=0)
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(_paired_doc(runs, repeats=1)))
+    assert render_main([str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## DLRM tiny: native vs IPEX on Xeon")
+    assert "| batch 2048 native / IPEX | amx_int8 | 1.400 | >= 1.300 | met |" in out
+    saved.write_text("{")  # truncated
+    assert render_main([str(saved)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"harness_report: cannot render {saved}") and err.count("\n") == 1
