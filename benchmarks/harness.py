@@ -26,7 +26,9 @@ windows alone (no worker runs or sharing launches; amx_int8, 3 repeats: 3.5 minu
 Prepared weights and int8
 calibrations are made once, in ``--cache-dir``, and reused by every repeat and by the launches.
 Worker processes get the launcher's environment: OMP_NUM_THREADS, KMP_* and jemalloc when
-installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed.
+installed. Timed windows last about ``--target-seconds`` per batch size whatever the speed,
+after a warmup of at least ``--warmup-seconds`` (3 s: IPEX's amx_bfloat32 ran ~40k samples/s for
+its first ~2 s after tracing, 60-70k after).
 ``--backends`` may also name native variants (``VARIANTS``): ``native-unfused`` (the fused C
 kernels off: the torch ops, e.g. the amx_* plans' AMX bmm) and ``native-normal-tables``
 (tables left in normal memory where ``native`` puts them on hugepages), columns of the same
@@ -195,6 +197,7 @@ def worker_cmd(args: argparse.Namespace, variant: str, precision: str, plan: lis
             "--seed", str(args.seed), "--threads", str(args.threads),
             "--plan", json.dumps(plan), "--weights-cache", str(cache / "weights-node0"),
             "--calibration-file", _calibration(cache, backend), "--out", str(out),
+            "--warmup-seconds", str(args.warmup_seconds),
             *(["--serve"] if serve else []), *run_flags(variant)]
 
 
@@ -231,6 +234,7 @@ def run_worker(args: argparse.Namespace, variant: str, precision: str, repeat: i
     for r in result["runs"]:
         records.append({**common, "layout": f"batch {r['batch_size']}", **window_record(r),
                         "prepare_s": r["prepare_s"], "first_call_s": r["first_call_s"],
+                        "warmup_s": r.get("warmup_s"),
                         "versions": result["versions"]})
         print(f"{tag} batch {r['batch_size']}: {r['throughput_samples_per_s']:,.0f} samples/s "
               f"(p50 {r['latency_ms']['p50']:.3f} ms, {r['steps']} steps)", flush=True)
@@ -410,6 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paired-only", action="store_true",
                         help="only the paired windows: no worker runs, no sharing launches")
     parser.add_argument("--target-seconds", type=float, default=2.0)
+    parser.add_argument("--warmup-seconds", type=float, default=3.0,
+                        help="each worker warms up at least this long before its first timed "
+                             "window (IPEX's first seconds after tracing are slow)")
     parser.add_argument("--max-steps", type=int, default=20000)
     parser.add_argument("--preset", default="terabyte-small")
     parser.add_argument("--seed", type=int, default=0)
@@ -491,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                        "repeats": args.repeats, "paired_slices": args.paired_slices,
                        "paired_only": args.paired_only,
                        "target_seconds": args.target_seconds,
+                       "warmup_seconds": args.warmup_seconds,
                        "preset": args.preset, "seed": args.seed, "threads": args.threads,
                        "backends": args.backends, "peak_sizes": args.peak_sizes,
                        "order": "per repeat and precision: workers, then sharing launches, "

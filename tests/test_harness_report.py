@@ -167,13 +167,16 @@ def test_a_served_worker_answers_timed_windows_until_told_to_quit(tmp_path: Path
 
     from harness import ServedWorker, base_env, parse_args, worker_cmd
 
-    args = parse_args(["--preset", "tiny", "--backends", "native", "--threads", "1"])
+    args = parse_args(["--preset", "tiny", "--backends", "native", "--threads", "1",
+                       "--warmup-seconds", "0.3"])
     plan = [[64, 2, 3, 0.05, 50]]
     out = tmp_path / "served.json"
     worker = ServedWorker(worker_cmd(args, "native", "avx_fp32", plan, tmp_path, out,
                                      serve=True), base_env(1), tmp_path / "served.log")
     try:
-        assert worker.answer(300)["ready"] is True
+        ready = worker.answer(300)
+        # warmed up for the seconds asked, not just the plan's 2 steps (a few ms here)
+        assert ready["ready"] is True and ready["warmup_s"] >= 0.3
         windows = [worker.request({"seconds": 0.05}, 120) for _ in range(2)]
         peak = worker.request({"peak": {"kernel": "torch.mm fp32", "n": 256,
                                         "seconds": 0.05}}, 120)
