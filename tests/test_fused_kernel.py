@@ -609,6 +609,52 @@ def test_fp32_rows_in_bf16_math_give_the_gram_of_their_bf16_values() -> None:
     torch.testing.assert_close(got, fp32, rtol=2e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amx_bfloat32_on_bf16_tables_gives_the_bits_of_its_fp32_tables(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """amx_bfloat32 prepares its tables in bf16 where the AMX bf16 tiles run (its matmuls round
+    every row they read to bf16): the model's fp32 weights are untouched and a one-hot batch
+    gives exactly the bits of the same plan on the fp32 tables (a prepared file made before),
+    one row, a few, the tile chains' sizes and the chunks of a big batch; multi-hot bags stay
+    close. Without usable tiles or with the C kernels off the tables stay fp32."""
+    if not (HAS_KERNEL_CPU and fused.amx_bf16_ready()):
+        pytest.skip("needs AMX bf16 tiles")
+    spec = get_preset("tiny")
+    model = build_model(spec, seed=0).eval()
+    weights_before = [bag.weight.detach().clone() for bag in model.emb_l]
+    prepared = native.prepare(model, "amx_bfloat32")
+    assert [t.dtype for t in prepared.table_tensors()] == [torch.bfloat16]
+    assert prepared.kernels["tables"].startswith("bf16")
+    assert all(torch.equal(a, bag.weight) and bag.weight.dtype == torch.float32
+               for a, bag in zip(weights_before, model.emb_l, strict=True))
+    plan = native.PLANS["amx_bfloat32"]
+    with torch.inference_mode():
+        old = native.PreparedModel("amx_bfloat32", spec,
+                                   native._float_state(model, plan["dtype"], "fp32"))
+    assert old.kernels["tables"].startswith("fp32") and old.gather is not None
+    assert old.gather.dots == "rounded" and prepared.gather is not None
+    batch = make_batch(spec, 2500, seed=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 3, 16, 100, 2500):
+            args = (batch.dense[:rows], batch.offsets[:, :rows], batch.indices[:, :rows])
+            assert torch.equal(prepared(*args), old(*args)), rows
+        # two ids in every bag: the bf16 rows summed, against the fp32 rows' sum rounded
+        ids = torch.stack([batch.indices[:, :64], batch.indices[:, 64:128]], 2).reshape(T, -1)
+        offsets = (torch.arange(64) * 2).expand(T, -1)
+        args = (batch.dense[:64], offsets, ids)
+        torch.testing.assert_close(prepared(*args), old(*args), rtol=0, atol=2e-3)
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    fused.load.cache_clear()
+    off = native.prepare(model, "amx_bfloat32")
+    assert [t.dtype for t in off.table_tensors()] == [torch.float32] * T
+    assert off.gather is None and off.kernels["tables"].startswith("fp32")
+
+
 @pytest.mark.parametrize("precision", ["amx_bfloat16", "amx_bfloat32", "amx_int8"])
 def test_amx_plans_use_the_kernels_and_agree_with_their_torch_path(
     precision: str, monkeypatch: pytest.MonkeyPatch

@@ -123,10 +123,10 @@ class EmbeddingTables:
             bags = [self._bags(indices[t], offsets[t], w).unsqueeze(1)
                     for t, w in enumerate(self.weights)]
             torch.cat([x.unsqueeze(1), *bags], dim=1, out=out)
-        elif self.fused and one_hot:  # int8 rows: gathered, then dequantized in place in S
+        elif one_hot and self.kind == "int8":  # gathered, then dequantized in place in S
             self._dequantized_rows(indices, out[:, 1:])
             out[:, 0] = x
-        else:  # multi-hot int8 bags dequantize to float32: the copy into S also converts
+        else:  # multi-hot bags, or bf16 rows for a float32 x (amx_bfloat32): the copy converts
             torch.cat([x.unsqueeze(1), self.lookup(offsets, indices, one_hot)], dim=1, out=out)
         return out
 
