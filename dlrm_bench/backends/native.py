@@ -224,7 +224,8 @@ class PreparedModel:
         if precision == "amx_bfloat32":
             self.kernels["tables"] = (
                 "bf16: the fp32 tables rounded as its bf16 matmuls round each row they read"
-                if kind == "bf16" else "fp32 (AMX bf16 tiles or the C kernels unavailable)")
+                if kind == "bf16" else "fp32 (prepared where the AMX bf16 tiles or the C kernels "
+                                       "were unavailable, or by a dlrm-bench before bf16 tables)")
         self.bottom_in: Callable[[torch.Tensor], torch.Tensor]
         self.top_in: Callable[[torch.Tensor], torch.Tensor]
         self.finish: Callable[[torch.Tensor], torch.Tensor]
